@@ -1,0 +1,40 @@
+"""`python -m dltrain key=value ...`: compose the config with Hydra, validate it, hand it to the driver."""
+
+import logging
+import sys
+import tempfile
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from dltrain.errors import DltrainError
+from dltrain.logs import output_to
+
+# An installed wheel carries the configs inside the package; a source checkout keeps them at the top.
+_PACKAGED = Path(__file__).parent / "conf"
+CONFIG_DIR = str(_PACKAGED if _PACKAGED.is_dir() else Path(__file__).parent.parent / "conf")
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
+def main(cfg: DictConfig) -> None:
+    """Train one model as the composed config says."""
+    console = logging.StreamHandler()
+    console.setLevel(logging.WARNING)  # INFO records go to the run's driver log only
+    console.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[console])
+    driver_log = Path(tempfile.mkstemp(prefix="dltrain-driver-", suffix=".log")[1])
+    # TensorFlow's native start-up lines go to the driver log (kept in the run folder), not the console.
+    with output_to(driver_log, fds=(2,)):
+        from dltrain import config, launch  # imported after Hydra, so `--help` and `--cfg` stay fast
+    try:
+        launch.train(config.resolve(cfg), driver_log)
+    except DltrainError as error:
+        print(f"dltrain: error: {error}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,59 @@
+"""Fashion-MNIST from its four official IDX files, located, downloaded if missing and verified."""
+
+import os
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from dltrain.data.idx import read_idx, verify_md5
+
+# The official files and their published md5s (github.com/zalandoresearch/fashion-mnist).
+FILES = {
+    "train_images": ("train-images-idx3-ubyte.gz", "8d4fb7e6c68d591d4c3dfef9ec88bf0d"),
+    "train_labels": ("train-labels-idx1-ubyte.gz", "25c81989df183df01b3e8a0aad5dffbe"),
+    "test_images": ("t10k-images-idx3-ubyte.gz", "bef4ecab320f06d8554ea6380940ec79"),
+    "test_labels": ("t10k-labels-idx1-ubyte.gz", "bb300cfdad3c16e7a12a480ee83cd310"),
+}
+CLASS_NAMES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)  # fmt: skip
+INPUT_SHAPE = (28, 28, 1)
+
+
+def default_folder() -> Path:
+    """$DLTRAIN_DATA_DIR, else a per-user cache folder."""
+    return Path(os.environ.get("DLTRAIN_DATA_DIR") or Path.home() / ".cache" / "dltrain" / "fashion-mnist")
+
+
+def prepare(path: str | None, mirror: str) -> Path:
+    """Return the folder holding the four verified files.
+
+    A given `path` must already hold them. Without one, the default folder is used and any missing or
+    corrupted file is downloaded from `mirror` (with progress) and checked against its published md5.
+    """
+    if path is not None:
+        folder = Path(path).expanduser().absolute()
+        missing = [name for name, _ in FILES.values() if not (folder / name).is_file()]
+        if missing:
+            raise FileNotFoundError(f"dataset.path={folder} lacks {', '.join(missing)}")
+    else:
+        folder = default_folder()
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, md5 in FILES.values():
+            # get_file skips a present file whose md5 matches, and fetches it again otherwise.
+            keras.utils.get_file(
+                name, origin=mirror.rstrip("/") + "/" + name, file_hash=md5, hash_algorithm="md5",
+                cache_dir=str(folder), cache_subdir=str(folder),
+            )  # fmt: skip
+    for name, md5 in FILES.values():
+        verify_md5(folder / name, md5)
+    return folder
+
+
+def load(folder: Path) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """((train_images, train_labels), (test_images, test_labels)) as uint8 arrays, images shaped (n, 28, 28, 1)."""
+    arrays = {key: read_idx(Path(folder) / name) for key, (name, _) in FILES.items()}
+    train = (arrays["train_images"][..., np.newaxis], arrays["train_labels"])
+    test = (arrays["test_images"][..., np.newaxis], arrays["test_labels"])
+    return train, test

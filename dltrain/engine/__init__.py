@@ -1,0 +1,1 @@
+"""The distributed train/eval loop: TensorFlow + Keras, no Ray or Hydra."""

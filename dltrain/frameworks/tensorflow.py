@@ -1,0 +1,183 @@
+"""TensorFlow backend: Ray's TensorflowTrainer, MultiWorkerMirroredStrategy and the worker entry point.
+
+Ray Train sets TF_CONFIG on every worker; each worker builds the strategy, the data and the model, restores
+the latest checkpoint if Ray restarted it, and runs dltrain's DistributedLoop. Rank 0 writes the checkpoints,
+TensorBoard events and the final model; every worker keeps its own log in the run folder.
+"""
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import keras
+import ray.train
+import tensorflow as tf
+from hydra.utils import instantiate
+from ray.train.tensorflow import TensorflowTrainer
+
+from dltrain.config import import_target
+from dltrain.data import DATASETS
+from dltrain.data.pipeline import Split, eval_batches, steps_per_epoch, train_batches, train_validation_split
+from dltrain.engine.loop import DistributedLoop
+from dltrain.logs import output_to
+from dltrain.runs import Run
+from dltrain.storage import open_storage
+
+_STATE_FILE = "state.json"
+_MODEL_FILE = "model.keras"
+
+
+def build_model(model_config: dict, input_shape: tuple[int, ...], num_classes: int) -> keras.Model:
+    """Call the model builder named by `_target_` with the other keys as keyword arguments."""
+    builder = import_target(model_config["_target_"])
+    hyperparameters = {key: value for key, value in model_config.items() if key != "_target_"}
+    return builder(input_shape=input_shape, num_classes=num_classes, **hyperparameters)
+
+
+def _compile(model: keras.Model, trainer: dict) -> None:
+    optimizer = keras.optimizers.get(
+        {"class_name": trainer["optimizer"], "config": {"learning_rate": trainer["learning_rate"]}}
+    )
+    model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+
+
+def _restore(model: keras.Model) -> int:
+    """Load the latest checkpoint Ray hands this worker, if any; returns the number of epochs it completed."""
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return 0
+    with checkpoint.as_directory() as folder:
+        model.optimizer.build(model.trainable_variables)
+        model.load_weights(Path(folder) / _MODEL_FILE)
+        return json.loads((Path(folder) / _STATE_FILE).read_text())["epochs_done"]
+
+
+class _RayReport(keras.callbacks.Callback):
+    """Each epoch: checkpoint (rank 0), upload TensorBoard events and logs, and report the metrics to Ray."""
+
+    def __init__(self, run: Run, stage: Path, rank: int, log_file: Path):
+        super().__init__()
+        self.run, self.stage, self.rank, self.log_file = run, stage, rank, log_file
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        checkpoint = None
+        if self.rank == 0:
+            folder = self.stage / "checkpoint"
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            self.model.save(folder / _MODEL_FILE)
+            (folder / _STATE_FILE).write_text(json.dumps({"epochs_done": epoch + 1}))
+            checkpoint = ray.train.Checkpoint.from_directory(folder)
+            self.run.storage.upload(self.stage / "tensorboard", f"{self.run.path}/tensorboard")
+        self.run.storage.upload(self.log_file.parent, f"{self.run.path}/logs")
+        ray.train.report(
+            {"epoch": epoch + 1, **(logs or {})},
+            checkpoint=checkpoint,
+            checkpoint_dir_name=f"checkpoints/epoch-{epoch + 1:04d}",
+        )
+
+
+def _train(job: dict, run: Run, stage: Path, log_file: Path) -> None:
+    context = ray.train.get_context()
+    rank, workers = context.get_world_rank(), context.get_world_size()
+    if workers == 1:
+        os.environ.pop(
+            "TF_CONFIG", None
+        )  # a lone worker needs no gRPC server: nothing listens on the network
+    trainer, dataset = job["trainer"], job["dataset"]
+    keras.utils.set_random_seed(trainer["seed"])
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    if strategy.num_replicas_in_sync != workers:
+        raise RuntimeError(
+            f"expected one replica per worker, got {strategy.num_replicas_in_sync} for {workers}"
+        )
+
+    data = DATASETS[dataset["name"]]
+    (images, labels), test = data.load(data.prepare(dataset["path"], dataset["mirror"]))
+    train, validation = train_validation_split(
+        images, labels, dataset["validation_split"], trainer["seed"], dataset["limit"]
+    )
+    global_batch = trainer["batch_size"]
+    worker_batch = global_batch // workers
+
+    with strategy.scope():
+        model = build_model(job["model"], data.INPUT_SHAPE, len(data.CLASS_NAMES))
+        _compile(model, trainer)
+        initial_epoch = _restore(model)
+
+    callbacks = [instantiate(callback) for callback in trainer["callbacks"].values()]
+    if rank == 0:
+        callbacks.append(keras.callbacks.TensorBoard(log_dir=str(stage / "tensorboard")))
+    callbacks.append(_RayReport(run, stage, rank, log_file))
+
+    loop = DistributedLoop(model, strategy, global_batch)
+    print(f"worker {rank}/{workers}: {len(train.images)} train, {len(validation.images)} validation samples; "
+          f"starting at epoch {initial_epoch + 1}", flush=True)  # fmt: skip
+    loop.fit(
+        lambda epoch: train_batches(train, global_batch, trainer["seed"], epoch, workers, rank),
+        steps_per_epoch(len(train.images), global_batch),
+        trainer["epochs"],
+        initial_epoch,
+        (lambda: eval_batches(validation, worker_batch, workers, rank)) if len(validation.images) else None,
+        callbacks,
+    )
+    test_metrics = loop.evaluate(eval_batches(Split(*test), worker_batch, workers, rank))
+    if rank == 0:
+        (stage / "model").mkdir()
+        model.save(stage / "model" / _MODEL_FILE)
+        run.storage.upload(stage / "model", f"{run.path}/model")
+    ray.train.report({f"test_{name}": value for name, value in test_metrics.items()})
+
+
+def train_loop_per_worker(job: dict) -> None:
+    """What every Ray Train worker runs: train `job`, logging to the run folder's logs/."""
+    run = Run(open_storage(job["storage"]["uri"]), job["run_id"])
+    rank = ray.train.get_context().get_world_rank()
+    stage = Path(tempfile.mkdtemp(prefix=f"dltrain-{run.id}-worker{rank}-"))
+    log_file = stage / "logs" / f"worker-{rank}-pid{os.getpid()}.log"
+    try:
+        with output_to(log_file):
+            _train(job, run, stage, log_file)
+    finally:
+        run.storage.upload(log_file.parent, f"{run.path}/logs")
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def make_trainer(
+    job: dict, run: Run, resources_per_worker: dict, callbacks: list[ray.train.UserCallback]
+) -> TensorflowTrainer:
+    """Ray's TensorflowTrainer for `job`, persisting checkpoints into the run folder."""
+    resources = job["resources"]
+    return TensorflowTrainer(
+        train_loop_per_worker,
+        train_loop_config={**job, "run_id": run.id},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=resources["num_workers"],
+            use_gpu=resources["use_gpu"],
+            resources_per_worker=resources_per_worker,
+        ),
+        run_config=ray.train.RunConfig(
+            name=run.id,
+            storage_path=run.storage.root,
+            storage_filesystem=run.storage.filesystem,
+            failure_config=ray.train.FailureConfig(max_failures=job["trainer"]["max_failures"]),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=job["trainer"]["keep_checkpoints"]),
+            callbacks=callbacks,
+            worker_runtime_env={"env_vars": {"KERAS_BACKEND": "tensorflow"}},
+        ),
+    )
+
+
+def versions() -> dict[str, str]:
+    """The framework and library versions a run records."""
+    import dltrain
+
+    return {
+        "framework": "tensorflow",
+        "dltrain": dltrain.__version__,
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "ray": ray.__version__,
+    }

@@ -1,0 +1,238 @@
+"""The driver: connect to Ray, check the request is feasible, run the job and keep its run folder current."""
+
+import contextlib
+import logging
+import math
+import os
+import queue
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import ray
+import ray.train
+from ray.util.queue import Empty, Queue
+
+from dltrain.data import DATASETS
+from dltrain.data.idx import IdxError
+from dltrain.errors import DltrainError
+from dltrain.frameworks import tensorflow as framework
+from dltrain.logs import output_to
+from dltrain.runs import Run, RunStore
+from dltrain.storage import open_storage
+
+log = logging.getLogger("dltrain")
+
+
+@contextlib.contextmanager
+def ray_connection(address: str | None) -> Iterator[None]:
+    """Use the Ray already initialised, else the given cluster ($RAY_ADDRESS), else an embedded local Ray.
+
+    The embedded Ray listens and talks on 127.0.0.1 only. On Linux Ray otherwise picks the machine's external
+    address for its node even when told 127.0.0.1; RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 keeps it on loopback.
+    """
+    if ray.is_initialized():
+        yield
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    quiet = {"logging_level": logging.ERROR, "log_to_driver": False}
+    if address:
+        ray.init(address=address, **quiet)
+    else:
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        # address="local" always starts a new Ray: a stale /tmp/ray/ray_current_cluster cannot make it hang.
+        ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False, **quiet)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def worker_resources(resources: dict) -> dict[str, float]:
+    """Ray resources for one worker; DltrainError if this cluster can never place all the workers."""
+    workers, use_gpu = resources["num_workers"], resources["use_gpu"]
+    nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
+    total_cpus = sum(node.get("CPU", 0) for node in nodes)
+    cpus = resources["cpus_per_worker"] or min(1.0, total_cpus / workers)
+    per_worker = {"CPU": cpus, **({"GPU": 1} if use_gpu else {})}
+    demand = f"{workers} workers x {{{', '.join(f'{k}: {v:g}' for k, v in per_worker.items())}}}"
+
+    maximum = ray._private.state.state.get_max_resources_from_cluster_config()
+    if maximum:  # an autoscaler can add nodes up to these totals
+        short = [name for name, amount in per_worker.items() if amount * workers > maximum.get(name, 0)]
+        have = {name: maximum.get(name, 0) for name in short}
+    else:
+        slots = sum(
+            min(math.floor(node.get(name, 0) / amount + 1e-9) for name, amount in per_worker.items())
+            for node in nodes
+        )
+        short = [] if slots >= workers else list(per_worker)
+        have = {name: sum(node.get(name, 0) for node in nodes) for name in per_worker}
+    if short:
+        hint = (
+            "use resources=cpu or resources.use_gpu=false" if use_gpu else "lower resources.cpus_per_worker"
+        )
+        raise DltrainError(
+            f"resources need {demand}; this Ray cluster has {', '.join(f'{v:g} {k}' for k, v in have.items())} "
+            f"and {'cannot scale beyond that' if maximum else 'cannot scale'}: {hint}, or add nodes"
+        )
+    return per_worker
+
+
+def _epoch_line(metrics: dict, epochs: int) -> str:
+    parts = [
+        f"epoch {metrics['epoch']}/{epochs}",
+        f"loss {metrics['loss']:.4f}",
+        f"accuracy {metrics['accuracy']:.4f}",
+    ]
+    if "val_loss" in metrics:
+        parts += [f"val_loss {metrics['val_loss']:.4f}", f"val_accuracy {metrics['val_accuracy']:.4f}"]
+    parts += [f"{metrics['seconds']:.1f}s", f"{metrics['samples_per_second']:.0f} samples/s"]
+    return "  ".join(parts)
+
+
+class _Relay(ray.train.UserCallback):
+    """Runs in Ray Train's controller: passes rank 0's reports to the driver once every worker has reported."""
+
+    def __init__(self, reports: Queue):
+        self.reports = reports
+
+    def after_report(self, run_context, metrics: list[dict], checkpoint) -> None:
+        if metrics:
+            self.reports.put(metrics[0])
+
+
+class _Recorder:
+    """Driver side of the relay: a thread prints each epoch and appends it to the run's metrics history."""
+
+    def __init__(self, run: Run, epochs: int):
+        self.run, self.epochs = run, epochs
+        self.final: dict = {}  # the last report, without an epoch: the test metrics
+        self.reports = Queue(actor_options={"num_cpus": 0})
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._drain, name="dltrain-recorder", daemon=True)
+
+    def _drain(self) -> None:
+        while not (self._done.is_set() and self.reports.empty()):
+            try:
+                metrics = self.reports.get(timeout=0.2)
+            except (Empty, queue.Empty):
+                continue
+            if "epoch" not in metrics:
+                self.final = metrics
+                continue
+            self.run.record_epoch(metrics)
+            print(_epoch_line(metrics, self.epochs), flush=True)
+
+    def __enter__(self) -> "_Recorder":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._done.set()
+        self._thread.join(timeout=30)
+        ray.kill(self.reports.actor)
+
+
+def _check_data(dataset: dict) -> None:
+    """Locate (and download if needed) and verify the data set before any worker starts."""
+    try:
+        DATASETS[dataset["name"]].prepare(dataset["path"], dataset["mirror"])
+    except (OSError, IdxError, ValueError) as error:
+        raise DltrainError(f"dataset: {error}") from error
+
+
+def _check_model(job: dict) -> int:
+    """Build the model once so that a bad hyperparameter fails now; returns its parameter count."""
+    data = DATASETS[job["dataset"]["name"]]
+    try:
+        model = framework.build_model(job["model"], data.INPUT_SHAPE, len(data.CLASS_NAMES))
+    except (TypeError, ValueError) as error:
+        raise DltrainError(f"model: {error}") from error
+    return model.count_params()
+
+
+def _describe(error: Exception) -> str:
+    """One line for a failed fit(): the first failing worker's own error where Ray wraps it."""
+    if isinstance(error, ray.train.WorkerGroupError) and error.worker_failures:
+        rank, failure = min(error.worker_failures.items())
+        lines = [line.strip() for line in str(failure).splitlines() if line.strip()]
+        return f"worker {rank}: {lines[-1] if lines else type(failure).__name__}"
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
+
+
+def train(job: dict, driver_log: Path | None = None) -> dict:
+    """Run one training job end to end and return its summary; the run folder records everything.
+
+    `driver_log`, a local file, receives the driver's log records and is kept as the run's logs/driver.log.
+    """
+    _check_data(job["dataset"])
+    with output_to(driver_log, fds=(2,)) if driver_log else contextlib.nullcontext():
+        parameters = _check_model(job)  # TensorFlow's device probing writes native lines to stderr
+    try:
+        storage = open_storage(job["storage"]["uri"])
+    except (OSError, ValueError) as error:
+        raise DltrainError(f"storage: {error}") from error
+    run = RunStore(storage).create(job, framework.versions())
+    print(f"dltrain: run {run.id} -> {run.uri}", flush=True)
+    started = time.time()
+    with _logging_to(driver_log, run):
+        return _run(job, run, parameters, started)
+
+
+@contextlib.contextmanager
+def _logging_to(driver_log: Path | None, run: Run) -> Iterator[None]:
+    """Log records of every library at INFO and above go to `driver_log`, then into the run folder."""
+    driver_log = driver_log or Path(tempfile.mkstemp(prefix="dltrain-driver-", suffix=".log")[1])
+    handler = logging.FileHandler(driver_log)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setLevel(logging.INFO)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        handler.close()
+        run.storage.write_bytes(f"{run.path}/logs/driver.log", driver_log.read_bytes())
+
+
+def _run(job: dict, run: Run, parameters: int, started: float) -> dict:
+    try:
+        with ray_connection(job["ray"]["address"]):
+            per_worker = worker_resources(job["resources"])
+            run.set_status("RUNNING")
+            print(
+                f"dltrain: {parameters:,} parameters; {job['resources']['num_workers']} worker(s) x {per_worker}"
+            )
+            with _Recorder(run, job["trainer"]["epochs"]) as recorder:
+                framework.make_trainer(job, run, per_worker, [_Relay(recorder.reports)]).fit()
+    except KeyboardInterrupt:
+        run.set_status("STOPPED", "interrupted by the user")
+        print(f"dltrain: run {run.id} STOPPED; its checkpoints are in {run.uri}", flush=True)
+        raise
+    except Exception as error:
+        message = _describe(error)
+        run.set_status("FAILED", message)
+        raise DltrainError(f"run {run.id} FAILED: {message} (logs: {run.uri}/logs)") from error
+    history = run.metrics()
+    summary = {
+        "run_id": run.id,
+        "status": "COMPLETED",
+        "test_accuracy": recorder.final["test_accuracy"],
+        "test_loss": recorder.final["test_loss"],
+        "epochs": len(history),
+        "num_workers": job["resources"]["num_workers"],
+        "wall_seconds": round(time.time() - started, 1),
+    }
+    run.write_summary(summary)
+    run.set_status("COMPLETED")
+    print(
+        f"dltrain: run {run.id} COMPLETED: test_accuracy {summary['test_accuracy']:.4f}  "
+        f"test_loss {summary['test_loss']:.4f}  {summary['wall_seconds']:.0f}s -> {run.uri}",
+        flush=True,
+    )
+    return summary
