@@ -41,9 +41,7 @@ _RULES: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
         "max_failures": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
         "keep_checkpoints": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
         "callbacks": (
-            lambda v: (
-                isinstance(v, dict) and all(isinstance(c, dict) and "_target_" in c for c in v.values())
-            ),
+            lambda v: isinstance(v, dict) and all(isinstance(c, dict) and "_target_" in c for c in v.values()),
             "a mapping of names to {_target_: a Keras callback class, ...its arguments}",
         ),
     },
@@ -86,22 +84,16 @@ def import_target(path: str) -> Callable:
 
 def _check_model(model: dict) -> None:
     if not isinstance(model.get("_target_"), str):
-        raise DltrainError(
-            "model._target_ is missing: name a function (input_shape, num_classes, ...) -> keras.Model"
-        )
+        raise DltrainError("model._target_ is missing: name a function (input_shape, num_classes, ...) -> keras.Model")
     builder = import_target(model["_target_"])
     hyperparameters = {key: value for key, value in model.items() if key != "_target_"}
     try:
         inspect.signature(builder).bind(input_shape=(1,), num_classes=1, **hyperparameters)
     except TypeError as error:
         accepted = [
-            name
-            for name in inspect.signature(builder).parameters
-            if name not in ("input_shape", "num_classes")
+            name for name in inspect.signature(builder).parameters if name not in ("input_shape", "num_classes")
         ]
-        raise DltrainError(
-            f"model: {error} for {model['_target_']}; its keys are: {', '.join(accepted)}"
-        ) from error
+        raise DltrainError(f"model: {error} for {model['_target_']}; its keys are: {', '.join(accepted)}") from error
 
 
 def resolve(cfg: DictConfig) -> dict:

@@ -65,15 +65,12 @@ def worker_resources(resources: dict) -> dict[str, float]:
         have = {name: maximum.get(name, 0) for name in short}
     else:
         slots = sum(
-            min(math.floor(node.get(name, 0) / amount + 1e-9) for name, amount in per_worker.items())
-            for node in nodes
+            min(math.floor(node.get(name, 0) / amount + 1e-9) for name, amount in per_worker.items()) for node in nodes
         )
         short = [] if slots >= workers else list(per_worker)
         have = {name: sum(node.get(name, 0) for node in nodes) for name in per_worker}
     if short:
-        hint = (
-            "use resources=cpu or resources.use_gpu=false" if use_gpu else "lower resources.cpus_per_worker"
-        )
+        hint = "use resources=cpu or resources.use_gpu=false" if use_gpu else "lower resources.cpus_per_worker"
         raise DltrainError(
             f"resources need {demand}; this Ray cluster has {', '.join(f'{v:g} {k}' for k, v in have.items())} "
             f"and {'cannot scale beyond that' if maximum else 'cannot scale'}: {hint}, or add nodes"
@@ -205,9 +202,7 @@ def _run(job: dict, run: Run, parameters: int, started: float) -> dict:
         with ray_connection(job["ray"]["address"]):
             per_worker = worker_resources(job["resources"])
             run.set_status("RUNNING")
-            print(
-                f"dltrain: {parameters:,} parameters; {job['resources']['num_workers']} worker(s) x {per_worker}"
-            )
+            print(f"dltrain: {parameters:,} parameters; {job['resources']['num_workers']} worker(s) x {per_worker}")
             with _Recorder(run, job["trainer"]["epochs"]) as recorder:
                 framework.make_trainer(job, run, per_worker, [_Relay(recorder.reports)]).fit()
     except KeyboardInterrupt:

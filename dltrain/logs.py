@@ -22,6 +22,6 @@ def output_to(log_file: Path, fds: tuple[int, ...] = (1, 2)) -> Iterator[None]:
         finally:
             sys.stdout.flush()
             sys.stderr.flush()
-            for fd, copy in zip(fds, saved):
+            for fd, copy in zip(fds, saved, strict=True):
                 os.dup2(copy, fd)
                 os.close(copy)

@@ -60,9 +60,7 @@ class Storage:
         """Names of the folders directly below `path`."""
         selector = pafs.FileSelector(path, allow_not_found=True)
         return sorted(
-            info.base_name
-            for info in self.filesystem.get_file_info(selector)
-            if info.type == pafs.FileType.Directory
+            info.base_name for info in self.filesystem.get_file_info(selector) if info.type == pafs.FileType.Directory
         )
 
 

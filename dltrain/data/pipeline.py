@@ -45,9 +45,7 @@ def train_batches(
     steps = steps_per_epoch(len(data.images), global_batch_size)
     per_worker = global_batch_size // num_workers
     order = np.random.default_rng([seed, epoch]).permutation(len(data.images))[: steps * global_batch_size]
-    mine = order.reshape(steps, global_batch_size)[
-        :, worker_index * per_worker : (worker_index + 1) * per_worker
-    ]
+    mine = order.reshape(steps, global_batch_size)[:, worker_index * per_worker : (worker_index + 1) * per_worker]
     batches = tf.data.Dataset.from_tensor_slices((data.images[mine], data.labels[mine]))
     return batches.map(_scale, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 

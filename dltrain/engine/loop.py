@@ -45,7 +45,7 @@ class DistributedLoop:
                 loss += tf.nn.scale_regularization_loss(tf.add_n(self.model.losses))
         gradients = tape.gradient(loss, self.model.trainable_variables)
         # Keras' TensorFlow optimizer sums the gradients over all replicas before applying them.
-        self.model.optimizer.apply_gradients(zip(gradients, self.model.trainable_variables))
+        self.model.optimizer.apply_gradients(zip(gradients, self.model.trainable_variables, strict=True))
         return self._sums(labels, probabilities, per_sample_loss)
 
     def _replica_eval_step(self, images: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:

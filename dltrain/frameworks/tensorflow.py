@@ -83,16 +83,12 @@ def _train(job: dict, run: Run, stage: Path, log_file: Path) -> None:
     context = ray.train.get_context()
     rank, workers = context.get_world_rank(), context.get_world_size()
     if workers == 1:
-        os.environ.pop(
-            "TF_CONFIG", None
-        )  # a lone worker needs no gRPC server: nothing listens on the network
+        os.environ.pop("TF_CONFIG", None)  # a lone worker needs no gRPC server: nothing listens on the network
     trainer, dataset = job["trainer"], job["dataset"]
     keras.utils.set_random_seed(trainer["seed"])
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
     if strategy.num_replicas_in_sync != workers:
-        raise RuntimeError(
-            f"expected one replica per worker, got {strategy.num_replicas_in_sync} for {workers}"
-        )
+        raise RuntimeError(f"expected one replica per worker, got {strategy.num_replicas_in_sync} for {workers}")
 
     data = DATASETS[dataset["name"]]
     (images, labels), test = data.load(data.prepare(dataset["path"], dataset["mirror"]))
