@@ -55,7 +55,9 @@ def worker_resources(resources: dict) -> dict[str, float]:
     workers, use_gpu = resources["num_workers"], resources["use_gpu"]
     nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
     total_cpus = sum(node.get("CPU", 0) for node in nodes)
-    cpus = resources["cpus_per_worker"] or min(1.0, total_cpus / workers)
+    # CPU workers share the machine (Ray caps each worker's threads at its CPUs); GPU workers need one CPU each.
+    share = total_cpus / workers
+    cpus = resources["cpus_per_worker"] or (min(1.0, share) if use_gpu else share)
     per_worker = {"CPU": cpus, **({"GPU": 1} if use_gpu else {})}
     demand = f"{workers} workers x {{{', '.join(f'{k}: {v:g}' for k, v in per_worker.items())}}}"
 

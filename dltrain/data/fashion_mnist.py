@@ -5,8 +5,9 @@ from pathlib import Path
 
 import keras
 import numpy as np
+from filelock import FileLock
 
-from dltrain.data.idx import read_idx, verify_md5
+from dltrain.data.idx import IdxError, read_idx, verify_md5
 
 # The official files and their published md5s (github.com/zalandoresearch/fashion-mnist).
 FILES = {
@@ -26,6 +27,17 @@ def default_folder() -> Path:
     return Path(os.environ.get("DLTRAIN_DATA_DIR") or Path.home() / ".cache" / "dltrain" / "fashion-mnist")
 
 
+def _download(url: str, folder: Path, md5: str) -> None:
+    """Fetch `url` into `folder` unless a file with the right md5 is there (keras' get_file shows progress)."""
+    try:
+        keras.utils.get_file(
+            url.rsplit("/", 1)[1], origin=url, file_hash=md5, hash_algorithm="md5",
+            cache_dir=str(folder), cache_subdir=str(folder),
+        )  # fmt: skip
+    except Exception as error:  # get_file raises several types (URL, HTTP, hash errors)
+        raise IdxError(f"downloading {url} failed: {error}") from error
+
+
 def prepare(path: str | None, mirror: str) -> Path:
     """Return the folder holding the four verified files.
 
@@ -40,12 +52,9 @@ def prepare(path: str | None, mirror: str) -> Path:
     else:
         folder = default_folder()
         folder.mkdir(parents=True, exist_ok=True)
-        for name, md5 in FILES.values():
-            # get_file skips a present file whose md5 matches, and fetches it again otherwise.
-            keras.utils.get_file(
-                name, origin=mirror.rstrip("/") + "/" + name, file_hash=md5, hash_algorithm="md5",
-                cache_dir=str(folder), cache_subdir=str(folder),
-            )  # fmt: skip
+        with FileLock(folder / ".download.lock"):  # one download when several workers share a node
+            for name, md5 in FILES.values():
+                _download(mirror.rstrip("/") + "/" + name, folder, md5)
     for name, md5 in FILES.values():
         verify_md5(folder / name, md5)
     return folder

@@ -1,0 +1,47 @@
+"""Shared fixtures: composed configs, the real Fashion-MNIST folder, and one embedded Ray for engine tests."""
+
+import os
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from dltrain.__main__ import CONFIG_DIR
+
+TESTS_DIR = Path(__file__).parent
+DATA_DIR = (TESTS_DIR.parent.parent / "shared" / "data" / "fashion-mnist").resolve()
+
+
+def compose_config(*overrides: str):
+    """The config `python -m dltrain *overrides` would get."""
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+@pytest.fixture(scope="session")
+def real_data() -> Path:
+    """The real Fashion-MNIST files from ../shared/data; tests that need them skip where that folder is absent."""
+    if not all((DATA_DIR / name).is_file() for name in ("train-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")):
+        pytest.skip(f"real Fashion-MNIST data not found at {DATA_DIR}")
+    return DATA_DIR
+
+
+@pytest.fixture(scope="session")
+def worker_env() -> dict[str, str]:
+    """Environment for processes that must import the tests' helper callbacks (Ray workers inherit it)."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS_DIR), os.environ.get("PYTHONPATH")]))}
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(worker_env):
+    """One embedded local Ray (2 CPUs, loopback only), started the way dltrain starts it, for in-process runs."""
+    from dltrain.launch import ray_connection
+
+    saved = dict(os.environ)
+    os.environ.update(worker_env)
+    try:
+        with ray_connection(None):
+            yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)

@@ -1,0 +1,42 @@
+"""Keras callbacks the tests pass through `trainer.callbacks`; Ray workers import them via PYTHONPATH."""
+
+import json
+import os
+from pathlib import Path
+
+import keras
+import numpy as np
+import ray
+import ray.train
+
+
+class DumpWorkerState(keras.callbacks.Callback):
+    """Each worker saves its initial weights, its weights after every epoch and at the end, and what it saw of
+    the network (node address, TensorFlow's worker list) to `folder`."""
+
+    def __init__(self, folder: str):
+        super().__init__()
+        self.folder = Path(folder)
+        self.epochs_seen: list[int] = []
+
+    def on_train_begin(self, logs=None):
+        self.initial_weights = self.model.get_weights()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epochs_seen.append(epoch)
+        rank = ray.train.get_context().get_world_rank()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        np.savez(self.folder / f"weights-{rank}-epoch{epoch}.npz", *self.model.get_weights())
+
+    def on_train_end(self, logs=None):
+        rank = ray.train.get_context().get_world_rank()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        np.savez(self.folder / f"weights-{rank}.npz", *self.model.get_weights())
+        np.savez(self.folder / f"initial-weights-{rank}.npz", *self.initial_weights)
+        tf_config = json.loads(os.environ.get("TF_CONFIG", "{}"))
+        seen = {
+            "node_ip": ray.util.get_node_ip_address(),
+            "tf_workers": tf_config.get("cluster", {}).get("worker", []),
+            "epochs_seen": self.epochs_seen,
+        }
+        (self.folder / f"worker-{rank}.json").write_text(json.dumps(seen))

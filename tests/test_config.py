@@ -1,0 +1,81 @@
+"""Config composition for every group option, and strict validation of keys and values."""
+
+from pathlib import Path
+
+import pytest
+from conftest import compose_config
+from hydra.errors import MissingConfigException
+
+from dltrain.__main__ import CONFIG_DIR
+from dltrain.config import resolve
+from dltrain.errors import DltrainError
+
+GROUPS = ("model", "dataset", "resources", "storage", "framework")
+
+
+def _options(group: str) -> list[str]:
+    return sorted(path.stem for path in (Path(CONFIG_DIR) / group).glob("*.yaml"))
+
+
+def test_defaults_are_the_reference_recipe():
+    job = resolve(compose_config())
+    assert job["trainer"] | {"callbacks": None} == {
+        "epochs": 30, "batch_size": 128, "learning_rate": 0.001, "optimizer": "adam", "seed": 42,
+        "max_failures": 2, "keep_checkpoints": 2, "callbacks": None,
+    }  # fmt: skip
+    assert job["model"]["filters"] == [32, 64, 128] and job["model"]["dropout"] == 0.4
+    assert job["resources"] == {"num_workers": 1, "use_gpu": False, "cpus_per_worker": None}
+    assert job["framework"]["name"] == "tensorflow"
+
+
+@pytest.mark.parametrize(("group", "option"), [(group, option) for group in GROUPS for option in _options(group)])
+def test_every_group_option_composes_and_validates(group, option):
+    job = resolve(compose_config(f"{group}={option}"))
+    assert set(job) == {"model", "dataset", "resources", "storage", "framework", "trainer", "ray"}
+
+
+@pytest.mark.parametrize(("profile", "workers"), [("cpu", 1), ("small", 1), ("medium", 2), ("large", 4)])
+def test_resource_profiles(profile, workers):
+    resources = resolve(compose_config(f"resources={profile}"))["resources"]
+    assert resources["num_workers"] == workers
+    assert resources["use_gpu"] is (profile != "cpu")
+
+
+def test_overrides_reach_the_job():
+    job = resolve(
+        compose_config("resources=large", "resources.use_gpu=false", "trainer.epochs=2", "dataset.limit=4096")
+    )
+    assert (job["resources"]["num_workers"], job["resources"]["use_gpu"]) == (4, False)
+    assert (job["trainer"]["epochs"], job["dataset"]["limit"]) == (2, 4096)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["trainer.epochs=0"], "trainer.epochs=0 is invalid: expected an integer >= 1"),
+        (["trainer.learning_rate=-0.1"], "trainer.learning_rate=-0.1 is invalid: expected a number > 0"),
+        (["trainer.learning_rate=0"], "trainer.learning_rate=0 is invalid"),
+        (["trainer.optimizer=adamax"], "trainer.optimizer='adamax' is invalid: expected one of adam, adamw, sgd"),
+        (["trainer.batch_size=126", "resources=large"], "trainer.batch_size=126 is not divisible by resources.num_wor"),
+        (["+trainer.epochz=3"], "trainer.epochz: unknown key; valid keys: batch_size, callbacks"),
+        (["+banana=1"], "config.banana: unknown key"),
+        (["+model.width=3"], "model: got an unexpected keyword argument 'width'"),
+        (["model._target_=keras.nothing.here"], "model._target_=keras.nothing.here: cannot import it"),
+        (["dataset.validation_split=1.5"], "dataset.validation_split=1.5 is invalid: expected a number in [0, 1)"),
+        (["dataset.limit=100"], "dataset.limit=100 leaves 90 training samples, fewer than one global batch"),
+        (["resources.num_workers=0"], "resources.num_workers=0 is invalid"),
+        (["resources.cpus_per_worker=-1"], "resources.cpus_per_worker=-1 is invalid: expected null or a number > 0"),
+        (["+trainer.callbacks.x=1"], "trainer.callbacks={'x': 1} is invalid"),
+    ],
+)
+def test_bad_values_name_the_key_and_what_is_allowed(overrides, message):
+    with pytest.raises(DltrainError) as raised:
+        resolve(compose_config(*overrides))
+    assert message in str(raised.value)
+    assert "\n" not in str(raised.value)
+
+
+def test_unknown_group_option_lists_the_choices():
+    with pytest.raises(MissingConfigException) as raised:
+        compose_config("resources=huge")
+    assert {"cpu", "small", "medium", "large"} <= set(raised.value.options)

@@ -1,0 +1,129 @@
+"""The engine on a real embedded Ray with several worker processes and the real Fashion-MNIST data."""
+
+import json
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from conftest import compose_config
+
+from dltrain.config import resolve
+from dltrain.launch import train
+from dltrain.runs import RunStore
+from dltrain.storage import open_storage
+
+pytestmark = pytest.mark.slow
+
+
+def _job(data: Path, runs: Path, *overrides: str) -> dict:
+    return resolve(
+        compose_config(
+            f"dataset.path={data}", f"storage.uri={runs}", "dataset.limit=1280", "trainer.batch_size=64",
+            "trainer.epochs=2", *overrides,
+        )
+    )  # fmt: skip
+
+
+def _dump_callback(folder: Path) -> str:
+    return f"+trainer.callbacks.dump={{_target_: helpers.DumpWorkerState, folder: '{folder}'}}"
+
+
+def _weights(path: Path) -> list[np.ndarray]:
+    with np.load(path) as archive:
+        return [archive[f"arr_{i}"] for i in range(len(archive.files))]
+
+
+@pytest.fixture(scope="module")
+def one_and_two_workers(ray_cluster, real_data, tmp_path_factory):
+    """The same recipe trained by 1 and by 2 workers: same seed and global batch, no dropout, and plain SGD,
+    whose step is proportional to the gradient (Adam's would hide a wrongly scaled gradient)."""
+    root = tmp_path_factory.mktemp("engine")
+    outcome = {}
+    for workers in (1, 2):
+        dumps = root / f"dumps-{workers}"
+        job = _job(
+            real_data, root / "runs", f"resources.num_workers={workers}", "model.dropout=0.0",
+            "trainer.optimizer=sgd", "trainer.learning_rate=0.05", _dump_callback(dumps),
+        )  # fmt: skip
+        outcome[workers] = (train(job), dumps)
+    return root / "runs", outcome
+
+
+def test_two_workers_end_with_identical_weights(one_and_two_workers):
+    _, outcome = one_and_two_workers
+    _, dumps = outcome[2]
+    for first, second in zip(_weights(dumps / "weights-0.npz"), _weights(dumps / "weights-1.npz"), strict=True):
+        np.testing.assert_array_equal(first, second)
+
+
+def test_two_workers_match_one_worker(one_and_two_workers):
+    runs, outcome = one_and_two_workers
+    dumps = {workers: folder for workers, (_, folder) in outcome.items()}
+    initial = _weights(dumps[1] / "initial-weights-0.npz")
+    for start, other in zip(initial, _weights(dumps[2] / "initial-weights-0.npz"), strict=True):
+        np.testing.assert_array_equal(start, other)
+    # After the first epoch (18 steps) only the order of float additions differs: the gap is float noise,
+    # a ten-thousandth of the distance trained. A wrongly scaled or missing gradient all-reduce, or workers
+    # on the wrong data, would show here at the size of the update itself.
+    one, two = _weights(dumps[1] / "weights-0-epoch0.npz"), _weights(dumps[2] / "weights-0-epoch0.npz")
+    for start, single, double in zip(initial, one, two, strict=True):
+        assert np.linalg.norm(single - double) <= 1e-4 * np.linalg.norm(single - start)
+        np.testing.assert_allclose(single, double, atol=1e-5)
+    # Later, ReLU and max-pool kinks amplify that noise in jumps (measured: 1e-6 -> 6e-3 over epoch 2),
+    # so the trained models agree closely but not bit for bit.
+    one, two = _weights(dumps[1] / "weights-0.npz"), _weights(dumps[2] / "weights-0.npz")
+    for start, single, double in zip(initial, one, two, strict=True):
+        assert np.linalg.norm(single - double) <= 0.2 * np.linalg.norm(single - start)
+    store = RunStore(open_storage(str(runs)))
+    history = {w: store.get(summary["run_id"]).metrics() for w, (summary, _) in outcome.items()}
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        assert history[1][0][key] == pytest.approx(history[2][0][key], rel=1e-5)
+        assert history[1][1][key] == pytest.approx(history[2][1][key], rel=2e-2)
+    assert outcome[1][0]["test_accuracy"] == pytest.approx(outcome[2][0]["test_accuracy"], abs=0.02)
+
+
+def test_workers_talk_on_loopback_only(one_and_two_workers):
+    _, outcome = one_and_two_workers
+    for rank in (0, 1):
+        seen = json.loads((outcome[2][1] / f"worker-{rank}.json").read_text())
+        assert seen["node_ip"] == "127.0.0.1"
+        assert len(seen["tf_workers"]) == 2 and all(a.startswith("127.0.0.1:") for a in seen["tf_workers"])
+        assert seen["epochs_seen"] == [0, 1]  # the user's callback saw every epoch
+    lone = json.loads((outcome[1][1] / "worker-0.json").read_text())
+    assert lone["tf_workers"] == []  # one worker starts no TensorFlow server at all
+
+
+def test_run_folder_holds_the_whole_run(one_and_two_workers):
+    runs, outcome = one_and_two_workers
+    summary, _ = outcome[2]
+    run = RunStore(open_storage(str(runs))).get(summary["run_id"])
+    folder = Path(run.path)
+    assert run.status()["status"] == "COMPLETED" and run.status()["error"] is None
+    assert set(run.status()["versions"]) == {"framework", "dltrain", "tensorflow", "keras", "ray"}
+    assert run.summary() == summary
+    assert summary["epochs"] == 2 and summary["num_workers"] == 2 and 0.1 < summary["test_accuracy"] <= 1
+    assert run.config()["resources"]["num_workers"] == 2
+    rows = run.metrics()
+    assert [row["epoch"] for row in rows] == [1, 2]
+    assert {"loss", "accuracy", "val_loss", "val_accuracy", "seconds", "samples_per_second"} <= set(rows[0])
+    assert sorted(p.name for p in (folder / "checkpoints").iterdir()) == ["epoch-0001", "epoch-0002"]
+    model = keras.models.load_model(folder / "model" / "model.keras")
+    assert model.output_shape == (None, 10)
+    assert list((folder / "tensorboard" / "train").glob("events.out.tfevents.*"))
+    assert list((folder / "tensorboard" / "validation").glob("events.out.tfevents.*"))
+    logs = sorted(p.name for p in (folder / "logs").iterdir())
+    assert "driver.log" in logs and any(name.startswith("worker-0-") for name in logs)
+    assert any(name.startswith("worker-1-") for name in logs)
+
+
+def test_final_model_reproduces_the_reported_test_accuracy(one_and_two_workers, real_data):
+    from dltrain.data import fashion_mnist
+
+    runs, outcome = one_and_two_workers
+    summary, _ = outcome[1]
+    model = keras.models.load_model(Path(runs) / summary["run_id"] / "model" / "model.keras")
+    _, (images, labels) = fashion_mnist.load(real_data)
+    loss, accuracy = model.evaluate(images / 255.0, labels, verbose=0)
+    assert accuracy == pytest.approx(summary["test_accuracy"], abs=1e-4)
+    assert loss == pytest.approx(summary["test_loss"], rel=1e-3)

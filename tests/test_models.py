@@ -1,0 +1,33 @@
+"""The reference CNN builder."""
+
+import keras
+import numpy as np
+import pytest
+
+from dltrain.models.cnn import build_cnn
+
+
+def test_reference_cnn_layers_and_shapes():
+    model = build_cnn((28, 28, 1), 10)
+    conv = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert [layer.filters for layer in conv] == [32, 64, 128]
+    assert all(layer.kernel_size == (3, 3) and layer.activation.__name__ == "relu" for layer in conv)
+    assert all(isinstance(layer.kernel_initializer, keras.initializers.HeNormal) for layer in conv)
+    assert [layer.rate for layer in model.layers if isinstance(layer, keras.layers.Dropout)] == [0.4] * 4
+    dense = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
+    assert [layer.units for layer in dense] == [128, 10]
+    probabilities = model(np.zeros((3, 28, 28, 1), np.float32))
+    assert probabilities.shape == (3, 10)
+    np.testing.assert_allclose(np.sum(probabilities, axis=1), 1.0, rtol=1e-5)
+
+
+def test_hyperparameters_change_the_architecture():
+    model = build_cnn((32, 32, 3), 5, filters=[8, 16], dropout=0.1, dense_units=32, padding="same")
+    assert model.output_shape == (None, 5)
+    assert [layer.filters for layer in model.layers if isinstance(layer, keras.layers.Conv2D)] == [8, 16]
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [({"filters": []}, "filters"), ({"dropout": 1.0}, "dropout")])
+def test_bad_hyperparameters_raise_value_error(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        build_cnn((28, 28, 1), 10, **kwargs)

@@ -1,0 +1,68 @@
+"""The run store on local storage: ids, status transitions, metrics history, redaction, atomic writes."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+from dltrain.runs import RunStore, new_run_id, redact
+from dltrain.storage import open_storage
+
+
+@pytest.fixture
+def store(tmp_path):
+    return RunStore(open_storage(str(tmp_path / "runs")))
+
+
+def test_run_ids_are_readable_unique_and_time_sortable():
+    ids = [new_run_id() for _ in range(50)]
+    assert all(re.fullmatch(r"\d{8}-\d{6}-[0-9a-f]{6}", run_id) for run_id in ids)
+    assert len(set(ids)) == 50
+
+
+def test_relative_storage_paths_become_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    storage = open_storage("relative/runs")
+    assert storage.root == str(tmp_path / "relative" / "runs")
+
+
+def test_status_lifecycle_records_times_and_errors(store):
+    run = store.create({"trainer": {"epochs": 1}}, {"ray": "2.60.0"})
+    assert run.status()["status"] == "PENDING" and run.status()["versions"] == {"ray": "2.60.0"}
+    run.set_status("RUNNING")
+    run.set_status("FAILED", "worker 0: out of memory")
+    status = run.status()
+    assert status["status"] == "FAILED" and status["error"] == "worker 0: out of memory"
+    assert status["created"] <= status["started"] <= status["ended"]
+    with pytest.raises(ValueError, match="status='DONE'; expected one of PENDING"):
+        run.set_status("DONE")
+
+
+def test_metrics_history_replaces_a_repeated_epoch(store):
+    run = store.create({}, {})
+    for epoch, loss in [(1, 0.9), (2, 0.7), (2, 0.6), (3, 0.5)]:
+        run.record_epoch({"epoch": epoch, "loss": loss})
+    assert run.metrics() == [{"epoch": 1, "loss": 0.9}, {"epoch": 2, "loss": 0.6}, {"epoch": 3, "loss": 0.5}]
+
+
+def test_writes_leave_no_partial_files(store):
+    run = store.create({"a": 1}, {})
+    run.record_epoch({"epoch": 1, "loss": 1.0})
+    assert sorted(path.name for path in Path(run.path).iterdir()) == ["config.yaml", "metrics.parquet", "status.json"]
+
+
+def test_list_and_get_find_runs(store):
+    first, second = store.create({}, {}), store.create({}, {})
+    assert [run.id for run in store.list()] == sorted([first.id, second.id])
+    assert store.get(first.id).id == first.id
+    with pytest.raises(ValueError, match="no run 'nope'"):
+        store.get("nope")
+
+
+def test_secrets_are_redacted_in_the_saved_config(store):
+    config = {"storage": {"secret_key": "s3cr3t", "access_key_id": "AKIA", "region": "eu"}, "token": None}
+    run = store.create(config, {})
+    saved = run.config()
+    assert saved == {"storage": {"secret_key": "***", "access_key_id": "***", "region": "eu"}, "token": None}
+    assert "s3cr3t" not in (store.storage.read_bytes(f"{run.path}/config.yaml")).decode()
+    assert redact([{"password": "x"}]) == [{"password": "***"}]
