@@ -153,6 +153,29 @@ def _check_model(job: dict) -> int:
     return model.count_params()
 
 
+def _fit(trainer) -> None:
+    """Run `trainer.fit()` in a thread, so that Ctrl-C reaches the driver as KeyboardInterrupt.
+
+    (In the main thread, Ray Train installs its own SIGINT handler, which ends the process with SystemExit.)
+    Leaving `ray_connection` then stops the workers: the embedded Ray shuts down, and a cluster's Ray Train
+    controller dies with the driver that owns it.
+    """
+    outcome: dict[str, BaseException] = {}
+
+    def fit() -> None:
+        try:
+            trainer.fit()
+        except BaseException as error:  # handed to the main thread
+            outcome["error"] = error
+
+    thread = threading.Thread(target=fit, name="dltrain-fit", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(timeout=0.5)
+    if "error" in outcome:
+        raise outcome["error"]
+
+
 def _describe(error: Exception) -> str:
     """One line for a failed fit(): the first failing worker's own error where Ray wraps it."""
     if isinstance(error, ray.train.WorkerGroupError) and error.worker_failures:
@@ -206,10 +229,13 @@ def _run(job: dict, run: Run, parameters: int, started: float) -> dict:
             run.set_status("RUNNING")
             print(f"dltrain: {parameters:,} parameters; {job['resources']['num_workers']} worker(s) x {per_worker}")
             with _Recorder(run, job["trainer"]["epochs"]) as recorder:
-                framework.make_trainer(job, run, per_worker, [_Relay(recorder.reports)]).fit()
+                _fit(framework.make_trainer(job, run, per_worker, [_Relay(recorder.reports)]))
     except KeyboardInterrupt:
         run.set_status("STOPPED", "interrupted by the user")
         print(f"dltrain: run {run.id} STOPPED; its checkpoints are in {run.uri}", flush=True)
+        raise
+    except DltrainError as error:
+        run.set_status("FAILED", str(error))
         raise
     except Exception as error:
         message = _describe(error)

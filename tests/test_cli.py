@@ -1,0 +1,104 @@
+"""`python -m dltrain ...` as a user runs it: whole runs in a subprocess, bad input, infeasible requests, Ctrl-C."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+
+def _dltrain(*args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "dltrain", *args], capture_output=True, text=True, timeout=timeout, env=env
+    )
+
+
+def _only_run(storage: Path) -> Path:
+    (run,) = [path for path in storage.iterdir() if path.is_dir()]
+    return run
+
+
+@pytest.mark.slow
+def test_large_profile_runs_as_four_cpu_workers(real_data, tmp_path):
+    result = _dltrain(
+        "model=fashion", "resources=large", "resources.use_gpu=false", "trainer.epochs=2", "dataset.limit=1280",
+        "trainer.batch_size=64", f"dataset.path={real_data}", f"storage.uri={tmp_path}",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("dltrain: run ") and "4 worker(s)" in lines[1]
+    assert [line.split("  ")[0] for line in lines if line.startswith("epoch ")] == ["epoch 1/2", "epoch 2/2"]
+    assert "COMPLETED: test_accuracy" in lines[-1]
+    assert not any(noise in result.stdout + result.stderr for noise in ("I0000", "oneDNN", "absl", "Traceback"))
+    run = _only_run(tmp_path)
+    assert lines[-1].endswith(str(run))
+    summary = json.loads((run / "summary.json").read_text())
+    assert (summary["status"], summary["epochs"], summary["num_workers"]) == ("COMPLETED", 2, 4)
+    assert json.loads((run / "status.json").read_text())["status"] == "COMPLETED"
+    workers = {path.name.split("-pid")[0] for path in (run / "logs").glob("worker-*.log")}
+    assert workers == {"worker-0", "worker-1", "worker-2", "worker-3"}
+    assert (run / "model" / "model.keras").is_file() and (run / "config.yaml").is_file()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["trainer.epochs=0"], "dltrain: error: trainer.epochs=0 is invalid: expected an integer >= 1"),
+        (["resources=large", "trainer.batch_size=126"], "dltrain: error: trainer.batch_size=126 is not divisible"),
+        (["dataset.path=/nonexistent/folder"], "dltrain: error: dataset: dataset.path=/nonexistent/folder lacks"),
+    ],
+)
+def test_bad_input_fails_fast_in_one_line_and_leaves_no_run(args, message, tmp_path):
+    started = time.monotonic()
+    result = _dltrain(*args, f"storage.uri={tmp_path}/runs")
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith(message) and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+    assert time.monotonic() - started < 60
+
+
+def test_unknown_group_option_lists_the_choices(tmp_path):
+    result = _dltrain("resources=huge", f"storage.uri={tmp_path}")
+    assert result.returncode != 0
+    assert "Could not find 'resources/huge'" in result.stderr
+    assert all(option in result.stderr for option in ("cpu", "small", "medium", "large"))
+
+
+@pytest.mark.slow
+def test_gpus_that_do_not_exist_fail_in_seconds(real_data, tmp_path):
+    started = time.monotonic()
+    result = _dltrain("resources=large", f"dataset.path={real_data}", f"storage.uri={tmp_path}", timeout=180)
+    assert result.returncode == 2
+    error = result.stderr.strip().splitlines()[-1]
+    assert error.startswith("dltrain: error: resources need 4 workers x {CPU: 0.5, GPU: 1}; this Ray cluster has")
+    assert "0 GPU and cannot scale" in error
+    assert "use resources=cpu or resources.use_gpu=false" in error
+    assert time.monotonic() - started < 120
+    status = json.loads((_only_run(tmp_path) / "status.json").read_text())
+    assert status["status"] == "FAILED" and "resources need" in status["error"]
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_run_and_keeps_its_checkpoints(real_data, tmp_path):
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dltrain", "trainer.epochs=50", "dataset.limit=1280", "trainer.batch_size=64",
+         f"dataset.path={real_data}", f"storage.uri={tmp_path}"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        for line in process.stdout:
+            if line.startswith("epoch 2/50"):
+                break
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=90)
+    finally:
+        process.kill()
+    assert process.returncode == 130
+    run = _only_run(tmp_path)
+    status = json.loads((run / "status.json").read_text())
+    assert status["status"] == "STOPPED" and status["error"] == "interrupted by the user"
+    assert not (run / "summary.json").exists()
+    assert (run / "checkpoints" / "epoch-0002" / "model.keras").is_file()
