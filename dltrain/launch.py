@@ -13,6 +13,7 @@ from pathlib import Path
 
 import ray
 import ray.train
+from ray._private import ray_constants
 from ray.util.queue import Empty, Queue
 
 from dltrain.data import DATASETS
@@ -27,27 +28,49 @@ log = logging.getLogger("dltrain")
 
 
 @contextlib.contextmanager
+def _loopback_only() -> Iterator[None]:
+    """Keep a Ray started in this block on 127.0.0.1.
+
+    On Linux Ray gives its node the machine's external address even when told 127.0.0.1, and its servers
+    listen on every interface. With RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (Ray's switch for single-machine
+    clusters) its node address and all its servers stay on loopback. Ray's Python side reads the switch when
+    `ray` is imported, so the already-imported constant is set too.
+    """
+    saved = os.environ.get(ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        if saved[0] is None:
+            os.environ.pop(ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR, None)
+        else:
+            os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = saved[0]
+        ray_constants.ENABLE_RAY_CLUSTER = saved[1]
+
+
+@contextlib.contextmanager
 def ray_connection(address: str | None) -> Iterator[None]:
     """Use the Ray already initialised, else the given cluster ($RAY_ADDRESS), else an embedded local Ray.
 
-    The embedded Ray listens and talks on 127.0.0.1 only. On Linux Ray otherwise picks the machine's external
-    address for its node even when told 127.0.0.1; RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 keeps it on loopback.
+    The embedded Ray listens and talks on 127.0.0.1 only, and is shut down on exit.
     """
     if ray.is_initialized():
         yield
         return
     address = address or os.environ.get("RAY_ADDRESS")
     quiet = {"logging_level": logging.ERROR, "log_to_driver": False}
-    if address:
-        ray.init(address=address, **quiet)
-    else:
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-        # address="local" always starts a new Ray: a stale /tmp/ray/ray_current_cluster cannot make it hang.
-        ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False, **quiet)
-    try:
-        yield
-    finally:
-        ray.shutdown()
+    with contextlib.ExitStack() as stack:
+        if address:
+            ray.init(address=address, **quiet)
+        else:
+            stack.enter_context(_loopback_only())
+            # address="local" always starts a new Ray: a stale /tmp/ray/ray_current_cluster cannot make it hang.
+            ray.init(address="local", include_dashboard=False, **quiet)
+        try:
+            yield
+        finally:
+            ray.shutdown()
 
 
 def worker_resources(resources: dict) -> dict[str, float]:

@@ -1,6 +1,9 @@
 """The engine on a real embedded Ray with several worker processes and the real Fashion-MNIST data."""
 
 import json
+import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import keras
@@ -127,3 +130,11 @@ def test_final_model_reproduces_the_reported_test_accuracy(one_and_two_workers, 
     loss, accuracy = model.evaluate(images / 255.0, labels, verbose=0)
     assert accuracy == pytest.approx(summary["test_accuracy"], abs=1e-4)
     assert loss == pytest.approx(summary["test_loss"], rel=1e-3)
+
+
+def test_embedded_ray_listens_on_loopback_only(ray_cluster):
+    ss = shutil.which("ss") or pytest.skip("ss (iproute2) is not installed")
+    listening = subprocess.run([ss, "-ltnpH"], capture_output=True, text=True, check=True).stdout.splitlines()
+    ray_sockets = [line.split()[3] for line in listening if re.search(r'"(gcs_server|raylet|ray::[^"]*)"', line)]
+    assert len(ray_sockets) >= 3  # the GCS, the raylet and at least one worker process
+    assert all(address.startswith(("127.0.0.1:", "[::ffff:127.0.0.1]:")) for address in ray_sockets), ray_sockets
