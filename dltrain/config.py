@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
 
 from dltrain.data import DATASETS
 from dltrain.errors import DltrainError
@@ -57,11 +58,21 @@ _RULES: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
         "limit": (_optional(lambda v: _is_int(v) and v >= 1), "null or an integer >= 1"),
         "validation_split": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
     },
-    "storage": {"uri": (_optional(lambda v: isinstance(v, str) and v != ""), "null or a folder")},
+    "storage": {
+        "uri": (_optional(lambda v: isinstance(v, str) and v != ""), "null, a folder or s3://bucket/prefix"),
+        "endpoint_url": (
+            _optional(lambda v: isinstance(v, str) and v.startswith(("http://", "https://"))),
+            "null or an http(s):// URL",
+        ),
+        "region": (_optional(lambda v: isinstance(v, str) and v != ""), "null or an AWS region name"),
+        "create_bucket": (lambda v: isinstance(v, bool), "true or false"),
+    },
     "framework": {"name": (lambda v: v in FRAMEWORKS, "one of " + ", ".join(FRAMEWORKS))},
     "ray": {"address": (_optional(lambda v: isinstance(v, str) and v != ""), "null or a Ray address")},
 }
-_SECTIONS = (*_RULES, "model")
+# Keys a config group option may leave out, and what they then mean (storage=local has no S3 settings).
+_DEFAULTS = {"storage": {"endpoint_url": None, "region": None, "create_bucket": False}}
+_SECTIONS = (*_RULES, "model", "resume")
 
 
 def _check_keys(section: str, given: dict, allowed: list[str]) -> None:
@@ -99,13 +110,18 @@ def _check_model(model: dict) -> None:
 def resolve(cfg: DictConfig) -> dict:
     """Validate the composed config and return it as a plain dict with every interpolation resolved."""
     try:
-        job = OmegaConf.to_container(cfg, resolve=True)
+        job = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except MissingMandatoryValue as error:
+        raise DltrainError(f"{error.full_key} is required: set {error.full_key}=...") from error
     except Exception as error:  # OmegaConf raises several types for bad interpolations
-        raise DltrainError(f"config cannot be resolved: {error}") from error
+        raise DltrainError(f"config cannot be resolved: {str(error).splitlines()[0]}") from error
     _check_keys("config", job, list(_SECTIONS))
+    if job["resume"] is not None and not isinstance(job["resume"], str):
+        raise DltrainError(f"resume={job['resume']!r} is invalid: expected a run id")
     for section, rules in _RULES.items():
         if not isinstance(job[section], dict):
             raise DltrainError(f"{section} must be a mapping, got {job[section]!r}")
+        job[section] = _DEFAULTS.get(section, {}) | job[section]
         _check_keys(section, job[section], list(rules))
         for key, (check, allowed) in rules.items():
             value = job[section][key]

@@ -17,12 +17,13 @@ from ray._private import ray_constants
 from ray.util.queue import Empty, Queue
 
 from dltrain.data import DATASETS
+from dltrain.data import prepare as prepare_data
 from dltrain.data.idx import IdxError
 from dltrain.errors import DltrainError
 from dltrain.frameworks import tensorflow as framework
 from dltrain.logs import output_to
 from dltrain.runs import Run, RunStore
-from dltrain.storage import open_storage
+from dltrain.storage import Storage, check_storage, open_storage
 
 log = logging.getLogger("dltrain")
 
@@ -158,21 +159,23 @@ class _Recorder:
         ray.kill(self.reports.actor)
 
 
-def _check_data(dataset: dict) -> None:
+def _check_data(job: dict) -> None:
     """Locate (and download if needed) and verify the data set before any worker starts."""
     try:
-        DATASETS[dataset["name"]].prepare(dataset["path"], dataset["mirror"])
+        prepare_data(job["dataset"], job["storage"])
     except (OSError, IdxError, ValueError) as error:
         raise DltrainError(f"dataset: {error}") from error
 
 
-def _check_model(job: dict) -> int:
+def _check_model(job: dict, driver_log: Path | None) -> int:
     """Build the model once so that a bad hyperparameter fails now; returns its parameter count."""
     data = DATASETS[job["dataset"]["name"]]
-    try:
-        model = framework.build_model(job["model"], data.INPUT_SHAPE, len(data.CLASS_NAMES))
-    except (TypeError, ValueError) as error:
-        raise DltrainError(f"model: {error}") from error
+    # TensorFlow's device probing writes native lines to stderr: they belong in the driver log.
+    with output_to(driver_log, fds=(2,)) if driver_log else contextlib.nullcontext():
+        try:
+            model = framework.build_model(job["model"], data.INPUT_SHAPE, len(data.CLASS_NAMES))
+        except (TypeError, ValueError) as error:
+            raise DltrainError(f"model: {error}") from error
     return model.count_params()
 
 
@@ -209,23 +212,48 @@ def _describe(error: Exception) -> str:
     return lines[0] if lines else type(error).__name__
 
 
+def _open_storage(config: dict) -> Storage:
+    try:
+        check_storage(config)
+        return open_storage(config)
+    except (OSError, ValueError) as error:
+        raise DltrainError(f"storage: {error}") from error
+
+
 def train(job: dict, driver_log: Path | None = None) -> dict:
-    """Run one training job end to end and return its summary; the run folder records everything.
+    """Run one training job end to end (or resume one) and return its summary; the run folder records everything.
 
     `driver_log`, a local file, receives the driver's log records and is kept as the run's logs/driver.log.
     """
-    _check_data(job["dataset"])
-    with output_to(driver_log, fds=(2,)) if driver_log else contextlib.nullcontext():
-        parameters = _check_model(job)  # TensorFlow's device probing writes native lines to stderr
-    try:
-        storage = open_storage(job["storage"]["uri"])
-    except (OSError, ValueError) as error:
-        raise DltrainError(f"storage: {error}") from error
+    storage = _open_storage(job["storage"])
+    if job["resume"]:
+        return _resume(job, storage, driver_log)
+    _check_data(job)
+    parameters = _check_model(job, driver_log)
     run = RunStore(storage).create(job, framework.versions())
     print(f"dltrain: run {run.id} -> {run.uri}", flush=True)
-    started = time.time()
     with _logging_to(driver_log, run):
-        return _run(job, run, parameters, started)
+        return _run(job, run, parameters)
+
+
+def _resume(job: dict, storage: Storage, driver_log: Path | None) -> dict:
+    """Continue run `job["resume"]` from its latest checkpoint with its saved config, in its own folder."""
+    try:
+        run = RunStore(storage).get(job["resume"])
+    except ValueError as error:
+        raise DltrainError(f"resume={job['resume']}: {error}") from error
+    status = run.status()["status"]
+    if status == "COMPLETED":
+        print(f"dltrain: run {run.id} is already COMPLETED; nothing to resume -> {run.uri}", flush=True)
+        return run.summary()
+    # The saved config holds no credentials: the storage and Ray settings come from this command.
+    job = run.config() | {"storage": job["storage"], "ray": job["ray"], "resume": run.id}
+    _check_data(job)
+    parameters = _check_model(job, driver_log)
+    run.mark_resumed()
+    print(f"dltrain: resuming run {run.id} ({status}) from its latest checkpoint -> {run.uri}", flush=True)
+    with _logging_to(driver_log, run):
+        return _run(job, run, parameters)
 
 
 @contextlib.contextmanager
@@ -245,7 +273,8 @@ def _logging_to(driver_log: Path | None, run: Run) -> Iterator[None]:
         run.storage.write_bytes(f"{run.path}/logs/driver.log", driver_log.read_bytes())
 
 
-def _run(job: dict, run: Run, parameters: int, started: float) -> dict:
+def _run(job: dict, run: Run, parameters: int) -> dict:
+    started = time.time()
     try:
         with ray_connection(job["ray"]["address"]):
             per_worker = worker_resources(job["resources"])

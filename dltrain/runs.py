@@ -90,6 +90,12 @@ class Run:
         record["error"] = error
         self._write_json("status.json", record)
 
+    def mark_resumed(self) -> None:
+        """Record that the run is being resumed (status.json keeps the times of every resume)."""
+        record = self.status()
+        record["resumed"] = [*record.get("resumed", []), _now()]
+        self._write_json("status.json", record)
+
     def record_epoch(self, metrics: dict[str, Any]) -> None:
         """Add one epoch's row to metrics.parquet, replacing an earlier row of the same epoch (after a restart)."""
         rows = [row for row in self.metrics() if row["epoch"] != metrics["epoch"]] + [metrics]

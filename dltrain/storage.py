@@ -1,15 +1,19 @@
-"""Where run folders live: a pyarrow filesystem and a root path on it (a local folder now; S3 plugs in here).
+"""Where run folders live: a pyarrow filesystem and a root path on it, a local folder or an S3 prefix.
 
 Ray Train persists checkpoints through the same (filesystem, path) pair, so dltrain's files and Ray's share
 one folder per run.
 """
 
 import os
+import re
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pyarrow.fs as pafs
+
+_S3_ATTEMPTS = 10  # ~1 minute of backoff: rides out a restarting server, then fails clearly
 
 
 def default_local_root() -> Path:
@@ -64,11 +68,116 @@ class Storage:
         )
 
 
-def open_storage(uri: str | None) -> Storage:
-    """Storage for a `storage.uri`: None means the default local folder; relative paths are made absolute."""
-    if uri is not None and "://" in uri and not uri.startswith("file://"):
-        raise ValueError(f"storage.uri={uri}: only local folders are supported by storage=local")
+_S3_URI = re.compile(r"s3://(?P<bucket>[a-z0-9][a-z0-9.-]{1,61}[a-z0-9])(?:/(?P<prefix>.*))?")
+
+
+def parse_s3_uri(uri: str) -> tuple[str, str]:
+    """(bucket, prefix) of an s3://bucket/prefix URI; ValueError naming the URI if it is malformed."""
+    match = _S3_URI.fullmatch(uri)
+    if not match:
+        raise ValueError(f"{uri!r} is not an S3 URI of the form s3://bucket/prefix (bucket: 3-63 of a-z 0-9 . -)")
+    return match["bucket"], (match["prefix"] or "").strip("/")
+
+
+def s3_filesystem(endpoint_url: str | None = None, region: str | None = None) -> pafs.S3FileSystem:
+    """A pyarrow S3 filesystem with credentials from the standard AWS chain (environment, profile, role).
+
+    Transient errors (throttling, 5xx, dropped connections) are retried with exponential backoff for about a
+    minute before an operation fails.
+    """
+    options = {
+        "region": region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
+        "connect_timeout": 5,
+        "request_timeout": 60,
+        "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=_S3_ATTEMPTS),
+    }
+    if endpoint_url:
+        parts = urlsplit(endpoint_url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(f"storage.endpoint_url={endpoint_url!r} is not an http(s)://host:port URL")
+        options |= {"endpoint_override": parts.netloc, "scheme": parts.scheme}
+    return pafs.S3FileSystem(**options)
+
+
+def check_bucket(bucket: str, endpoint_url: str | None, region: str | None, create: bool) -> None:
+    """Fail in seconds, in one line, if the bucket is missing, the credentials wrong or the endpoint unreachable."""
+    import boto3
+    import botocore.config
+    import botocore.exceptions
+
+    where = f" at {endpoint_url}" if endpoint_url else ""
+    client = boto3.client(
+        "s3",
+        endpoint_url=endpoint_url,
+        region_name=region or None,
+        config=botocore.config.Config(connect_timeout=5, read_timeout=10, retries={"max_attempts": 2}),
+    )
+    try:
+        client.head_bucket(Bucket=bucket)
+    except botocore.exceptions.NoCredentialsError as error:
+        raise ValueError("no AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or a profile") from error
+    except botocore.exceptions.EndpointConnectionError as error:
+        raise ValueError(f"cannot reach the S3 endpoint{where}: {error}") from error
+    except botocore.exceptions.ClientError as error:
+        code = str(error.response.get("Error", {}).get("Code"))
+        if code in ("404", "NoSuchBucket") and create:
+            client.create_bucket(Bucket=bucket)
+        elif code in ("404", "NoSuchBucket"):
+            endpoint = f" --endpoint-url {endpoint_url}" if endpoint_url else ""
+            raise ValueError(
+                f"bucket {bucket!r} does not exist{where}: create it (aws s3 mb s3://{bucket}{endpoint}) "
+                "or set storage.create_bucket=true"
+            ) from error
+        elif code in ("403", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied"):
+            raise ValueError(
+                f"the S3 endpoint{where} rejected the credentials for bucket {bucket!r} ({code})"
+            ) from error
+        else:
+            raise ValueError(f"S3 bucket {bucket!r}{where}: {error}") from error
+
+
+def cache_s3_folder(uri: str, names: list[str], endpoint_url: str | None, region: str | None) -> Path:
+    """Download `names` from the S3 folder `uri` into this machine's cache once; returns the local folder.
+
+    Safe when several workers share a node: one downloads under a file lock, and a file appears under its
+    final name only once it is complete.
+    """
+    from filelock import FileLock
+
+    bucket, prefix = parse_s3_uri(uri)
+    cache = Path(os.environ.get("DLTRAIN_CACHE") or Path.home() / ".cache" / "dltrain") / "s3" / bucket / prefix
+    cache.mkdir(parents=True, exist_ok=True)
+    filesystem = s3_filesystem(endpoint_url, region)
+    with FileLock(cache / ".download.lock"):
+        for name in names:
+            if (cache / name).is_file():
+                continue
+            source = f"{bucket}/{prefix}/{name}".replace("//", "/")
+            if filesystem.get_file_info(source).type == pafs.FileType.NotFound:
+                raise FileNotFoundError(f"{uri.rstrip('/')}/{name} does not exist")
+            partial = cache / f".{name}.partial"
+            pafs.copy_files(source, str(partial), source_filesystem=filesystem)
+            partial.rename(cache / name)
+    return cache
+
+
+def open_storage(config: dict) -> Storage:
+    """Storage for a `storage` config: a local folder (made absolute) or an s3://bucket/prefix URI."""
+    uri = config["uri"]
+    if uri and uri.startswith("s3://"):
+        bucket, prefix = parse_s3_uri(uri)
+        filesystem = s3_filesystem(config.get("endpoint_url"), config.get("region"))
+        return Storage(filesystem, f"{bucket}/{prefix}".rstrip("/"), uri.rstrip("/"))
+    if uri and "://" in uri and not uri.startswith("file://"):
+        raise ValueError(f"storage.uri={uri}: expected a local folder or s3://bucket/prefix")
     root = Path(uri.removeprefix("file://")).expanduser() if uri else default_local_root()
     root = root.absolute()
     root.mkdir(parents=True, exist_ok=True)
     return Storage(pafs.LocalFileSystem(), str(root), str(root))
+
+
+def check_storage(config: dict) -> None:
+    """Check that a storage can be used (for S3: bucket, credentials, endpoint) before a run starts."""
+    if config["uri"] and config["uri"].startswith("s3://"):
+        bucket, _ = parse_s3_uri(config["uri"])
+        check_bucket(bucket, config.get("endpoint_url"), config.get("region"), config.get("create_bucket", False))

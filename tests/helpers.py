@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 from pathlib import Path
 
 import keras
@@ -40,3 +41,22 @@ class DumpWorkerState(keras.callbacks.Callback):
             "epochs_seen": self.epochs_seen,
         }
         (self.folder / f"worker-{rank}.json").write_text(json.dumps(seen))
+
+
+class KillWorkerOnce(keras.callbacks.Callback):
+    """Worker `rank` SIGKILLs its own process after batch `batch` of epoch `epoch`, once: `marker` remembers."""
+
+    def __init__(self, marker: str, epoch: int, batch: int = 3, rank: int = 1):
+        super().__init__()
+        self.marker, self.kill_epoch, self.kill_batch, self.rank = Path(marker), epoch, batch, rank
+        self.epoch = -1
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if (self.epoch, batch) != (self.kill_epoch, self.kill_batch) or self.marker.exists():
+            return
+        if ray.train.get_context().get_world_rank() == self.rank:
+            self.marker.write_text(str(os.getpid()))
+            os.kill(os.getpid(), signal.SIGKILL)

@@ -30,8 +30,15 @@ def test_defaults_are_the_reference_recipe():
 
 @pytest.mark.parametrize(("group", "option"), [(group, option) for group in GROUPS for option in _options(group)])
 def test_every_group_option_composes_and_validates(group, option):
-    job = resolve(compose_config(f"{group}={option}"))
-    assert set(job) == {"model", "dataset", "resources", "storage", "framework", "trainer", "ray"}
+    required = {"s3": ["storage.uri=s3://bucket/prefix"]}.get(option, [])
+    job = resolve(compose_config(f"{group}={option}", *required))
+    assert set(job) == {"model", "dataset", "resources", "storage", "framework", "trainer", "ray", "resume"}
+    assert set(job["storage"]) == {"uri", "endpoint_url", "region", "create_bucket"}
+
+
+def test_s3_storage_needs_a_uri():
+    with pytest.raises(DltrainError, match=r"^storage.uri is required: set storage.uri=\.\.\.$"):
+        resolve(compose_config("storage=s3"))
 
 
 @pytest.mark.parametrize(("profile", "workers"), [("cpu", 1), ("small", 1), ("medium", 2), ("large", 4)])
@@ -66,6 +73,10 @@ def test_overrides_reach_the_job():
         (["resources.num_workers=0"], "resources.num_workers=0 is invalid"),
         (["resources.cpus_per_worker=-1"], "resources.cpus_per_worker=-1 is invalid: expected null or a number > 0"),
         (["+trainer.callbacks.x=1"], "trainer.callbacks={'x': 1} is invalid"),
+        (
+            ["storage=s3", "storage.uri=s3://b/p", "storage.endpoint_url=minio:9000"],
+            "storage.endpoint_url='minio:9000'",
+        ),
     ],
 )
 def test_bad_values_name_the_key_and_what_is_allowed(overrides, message):

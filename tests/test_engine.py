@@ -78,7 +78,7 @@ def test_two_workers_match_one_worker(one_and_two_workers):
     one, two = _weights(dumps[1] / "weights-0.npz"), _weights(dumps[2] / "weights-0.npz")
     for start, single, double in zip(initial, one, two, strict=True):
         assert np.linalg.norm(single - double) <= 0.2 * np.linalg.norm(single - start)
-    store = RunStore(open_storage(str(runs)))
+    store = RunStore(open_storage({"uri": str(runs)}))
     history = {w: store.get(summary["run_id"]).metrics() for w, (summary, _) in outcome.items()}
     for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
         assert history[1][0][key] == pytest.approx(history[2][0][key], rel=1e-5)
@@ -100,7 +100,7 @@ def test_workers_talk_on_loopback_only(one_and_two_workers):
 def test_run_folder_holds_the_whole_run(one_and_two_workers):
     runs, outcome = one_and_two_workers
     summary, _ = outcome[2]
-    run = RunStore(open_storage(str(runs))).get(summary["run_id"])
+    run = RunStore(open_storage({"uri": str(runs)})).get(summary["run_id"])
     folder = Path(run.path)
     assert run.status()["status"] == "COMPLETED" and run.status()["error"] is None
     assert set(run.status()["versions"]) == {"framework", "dltrain", "tensorflow", "keras", "ray"}
@@ -138,3 +138,18 @@ def test_embedded_ray_listens_on_loopback_only(ray_cluster):
     ray_sockets = [line.split()[3] for line in listening if re.search(r'"(gcs_server|raylet|ray::[^"]*)"', line)]
     assert len(ray_sockets) >= 3  # the GCS, the raylet and at least one worker process
     assert all(address.startswith(("127.0.0.1:", "[::ffff:127.0.0.1]:")) for address in ray_sockets), ray_sockets
+
+
+def test_a_killed_worker_restarts_from_the_last_checkpoint(ray_cluster, real_data, tmp_path):
+    marker = tmp_path / "killed"
+    kill = f"+trainer.callbacks.kill={{_target_: helpers.KillWorkerOnce, marker: '{marker}', epoch: 1}}"
+    job = _job(real_data, tmp_path / "runs", "resources.num_workers=2", "trainer.epochs=3", kill)
+    summary = train(job)
+    assert marker.exists()  # worker 1 really died mid-epoch 2
+    run = RunStore(open_storage({"uri": str(tmp_path / "runs")})).get(summary["run_id"])
+    assert run.status()["status"] == "COMPLETED" and summary["epochs"] == 3
+    assert [row["epoch"] for row in run.metrics()] == [1, 2, 3]  # no epoch missing or repeated
+    logs = {path.name: path.read_text() for path in (Path(run.path) / "logs").glob("worker-*.log")}
+    assert len([name for name in logs if name.startswith("worker-1-")]) == 2  # the group was restarted
+    restarted = [text for text in logs.values() if "starting at epoch 2" in text]
+    assert len(restarted) == 2  # both new workers resumed after epoch 1: only the killed epoch was redone

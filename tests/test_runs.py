@@ -11,7 +11,7 @@ from dltrain.storage import open_storage
 
 @pytest.fixture
 def store(tmp_path):
-    return RunStore(open_storage(str(tmp_path / "runs")))
+    return RunStore(open_storage({"uri": str(tmp_path / "runs")}))
 
 
 def test_run_ids_are_readable_unique_and_time_sortable():
@@ -22,7 +22,7 @@ def test_run_ids_are_readable_unique_and_time_sortable():
 
 def test_relative_storage_paths_become_absolute(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    storage = open_storage("relative/runs")
+    storage = open_storage({"uri": "relative/runs"})
     assert storage.root == str(tmp_path / "relative" / "runs")
 
 

@@ -19,6 +19,7 @@ from ray.train.tensorflow import TensorflowTrainer
 
 from dltrain.config import import_target
 from dltrain.data import DATASETS
+from dltrain.data import prepare as prepare_data
 from dltrain.data.pipeline import Split, eval_batches, steps_per_epoch, train_batches, train_validation_split
 from dltrain.engine.loop import DistributedLoop
 from dltrain.logs import output_to
@@ -91,7 +92,7 @@ def _train(job: dict, run: Run, stage: Path, log_file: Path) -> None:
         raise RuntimeError(f"expected one replica per worker, got {strategy.num_replicas_in_sync} for {workers}")
 
     data = DATASETS[dataset["name"]]
-    (images, labels), test = data.load(data.prepare(dataset["path"], dataset["mirror"]))
+    (images, labels), test = data.load(prepare_data(dataset, job["storage"]))
     train, validation = train_validation_split(
         images, labels, dataset["validation_split"], trainer["seed"], dataset["limit"]
     )
@@ -129,7 +130,7 @@ def _train(job: dict, run: Run, stage: Path, log_file: Path) -> None:
 
 def train_loop_per_worker(job: dict) -> None:
     """What every Ray Train worker runs: train `job`, logging to the run folder's logs/."""
-    run = Run(open_storage(job["storage"]["uri"]), job["run_id"])
+    run = Run(open_storage(job["storage"]), job["run_id"])
     rank = ray.train.get_context().get_world_rank()
     stage = Path(tempfile.mkdtemp(prefix=f"dltrain-{run.id}-worker{rank}-"))
     log_file = stage / "logs" / f"worker-{rank}-pid{os.getpid()}.log"
