@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -17,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
@@ -34,8 +36,12 @@ START_TIMEOUT_S = 60.0
 STOP_GRACE_S = 10.0
 # weed's maintenance worker dials the admin server at admin HTTP port + 10000, whatever -admin.port.grpc says.
 ADMIN_GRPC_OFFSET = 10000
-# Errors SeaweedFS answers while its filer/volume servers are still coming up.
 PORT_KINDS = ("port", "port.grpc")
+# A volume's data file in the data dir: `[collection_]ID.dat`.
+VOLUME_FILE = re.compile(r"(?:^|_)(\d+)\.dat$")
+# Plain HTTP to the master on loopback, never through a proxy from the environment.
+NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+# Errors SeaweedFS answers while its filer/volume servers are still coming up.
 NOT_READY_CODES = {"ServiceUnavailable", "SlowDown", "InternalError", "503", "500"}
 
 
@@ -51,22 +57,19 @@ def free_ports() -> dict[str, int]:
     """Distinct free loopback ports for each of weed's port flags (admin gRPC at admin + ADMIN_GRPC_OFFSET)."""
     held: list[socket.socket] = []
 
-    def grab(port: int = 0) -> int | None:
+    def grab(port: int = 0) -> int:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        try:
-            sock.bind((HOST, port))
-        except OSError:
-            sock.close()
-            return None
         held.append(sock)
+        sock.bind((HOST, port))  # OSError if taken
         return sock.getsockname()[1]
 
     try:
         ports = {f"{server}.{kind}": grab() for server in ("s3", "master", "volume", "filer") for kind in PORT_KINDS}
         for _ in range(200):
-            port = grab()
-            if port is not None and port + ADMIN_GRPC_OFFSET <= 65535 and grab(port + ADMIN_GRPC_OFFSET) is not None:
-                return {**ports, "admin.port": port, "admin.port.grpc": port + ADMIN_GRPC_OFFSET}  # type: ignore[dict-item]
+            admin = grab()
+            with suppress(OSError):
+                if admin + ADMIN_GRPC_OFFSET <= 65535 and grab(admin + ADMIN_GRPC_OFFSET):
+                    return {**ports, "admin.port": admin, "admin.port.grpc": admin + ADMIN_GRPC_OFFSET}
         raise RuntimeError("no free pair of loopback ports for the SeaweedFS admin server")
     finally:
         for sock in held:
@@ -85,6 +88,11 @@ class S3Server:
     weed: str
     region: str = REGION
     _proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    _probe: Any = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        # Readiness probe: one attempt, short timeouts.
+        self._probe = self.client(connect_timeout=1, read_timeout=2, retries={"total_max_attempts": 1})
 
     @classmethod
     def create(cls, weed: str, workdir: Path) -> S3Server:
@@ -186,10 +194,36 @@ class S3Server:
         except OSError:
             return "(no log)"
 
+    def volumes_on_disk(self) -> set[int]:
+        """Ids of the volumes stored in the data dir (`[collection_]ID.dat`)."""
+        names = (path.name for path in (self.workdir / "data").glob("*.dat"))
+        return {int(match[1]) for name in names if (match := VOLUME_FILE.search(name))}
+
+    def volumes_known_to_master(self) -> set[int]:
+        """Ids of the volumes the master has heard of from the volume server (its `/vol/status`)."""
+        url = f"http://{HOST}:{self.ports['master.port']}/vol/status"
+        with NO_PROXY.open(url, timeout=2) as response:
+            status = json.load(response)
+        ids: set[int] = set()
+        pending: list[Any] = [status.get("Volumes", {})]
+        while pending:
+            node = pending.pop()
+            if isinstance(node, dict) and "Id" in node and "Collection" in node:
+                ids.add(int(node["Id"]))
+            elif isinstance(node, dict | list):
+                pending.extend(node.values() if isinstance(node, dict) else node)
+        return ids
+
+    def ready(self, volumes: set[int]) -> bool:
+        """S3 answers an authenticated request and the master knows `volumes` (else reads of old data fail)."""
+        self._probe.list_buckets()
+        return volumes <= self.volumes_known_to_master()
+
     def start(self, timeout: float = START_TIMEOUT_S) -> None:
-        """Launch weed (own process group, output to weed.log) and wait until S3 answers an authenticated request."""
+        """Launch weed (own process group, output to weed.log) and wait until it serves S3 requests for its data."""
         if self.running:
             return
+        volumes = self.volumes_on_disk()
         with self.log_path.open("ab") as log:
             self._proc = subprocess.Popen(
                 self.command(),
@@ -199,19 +233,19 @@ class S3Server:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        probe = self.client(connect_timeout=1, read_timeout=2, retries={"total_max_attempts": 1})
         deadline = time.monotonic() + timeout
+        last_error: Exception | None = None
         while True:
             try:
-                probe.list_buckets()
-                return
-            except (BotoCoreError, ClientError) as error:
+                if self.ready(volumes):
+                    return
+            except (BotoCoreError, ClientError, OSError, ValueError) as error:
                 last_error = error
             if self._proc.poll() is not None:
                 reason = f"weed exited with code {self._proc.returncode}"
                 break
             if time.monotonic() > deadline:
-                reason = f"S3 endpoint {self.endpoint_url} not ready after {timeout:.0f} s ({last_error!r})"
+                reason = f"{self.endpoint_url} not ready after {timeout:.0f} s (last error: {last_error!r})"
                 break
             time.sleep(0.2)
         self.stop()
