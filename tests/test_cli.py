@@ -1,12 +1,14 @@
 """`python -m dltrain ...` as a user runs it: whole runs in a subprocess, bad input, infeasible requests, Ctrl-C."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 
@@ -102,3 +104,44 @@ def test_ctrl_c_stops_the_run_and_keeps_its_checkpoints(real_data, tmp_path):
     assert status["status"] == "STOPPED" and status["error"] == "interrupted by the user"
     assert not (run / "summary.json").exists()
     assert (run / "checkpoints" / "epoch-0002" / "model.keras").is_file()
+
+
+@pytest.mark.slow
+def test_resume_after_the_driver_dies_completes_the_same_run(real_data, tmp_path):
+    args = ["dataset.limit=1280", "trainer.batch_size=64", f"dataset.path={real_data}", f"storage.uri={tmp_path}"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dltrain", "trainer.epochs=6", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        for line in process.stdout:
+            if line.startswith("epoch 2/6"):
+                break
+        os.killpg(process.pid, signal.SIGKILL)  # the driver and its embedded Ray die at once, as in a reboot
+        process.wait(timeout=30)
+    finally:
+        process.kill()
+    run = _only_run(tmp_path)
+    assert json.loads((run / "status.json").read_text())["status"] == "RUNNING"  # nobody could mark it
+    assert not (run / "summary.json").exists()
+    result = _dltrain(f"resume={run.name}", f"storage.uri={tmp_path}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"resuming run {run.name} (RUNNING)" in result.stdout
+    epochs = [line.split("  ")[0] for line in result.stdout.splitlines() if line.startswith("epoch ")]
+    first = int(epochs[0].split()[1].split("/")[0])
+    assert 3 <= first <= 6 and epochs[-1] == "epoch 6/6"  # continued from a checkpoint, not from scratch
+    status = json.loads((run / "status.json").read_text())
+    assert status["status"] == "COMPLETED" and len(status["resumed"]) == 1
+    assert json.loads((run / "summary.json").read_text())["epochs"] == 6
+    assert pq.read_table(run / "metrics.parquet").column("epoch").to_pylist() == [1, 2, 3, 4, 5, 6]
+    again = _dltrain(f"resume={run.name}", f"storage.uri={tmp_path}")
+    assert again.returncode == 0 and "already COMPLETED; nothing to resume" in again.stdout
+
+
+def test_resume_of_an_unknown_run_fails_in_one_line(tmp_path):
+    result = _dltrain("resume=20990101-000000-abcdef", f"storage.uri={tmp_path}")
+    assert result.returncode == 2
+    assert (
+        result.stderr.strip()
+        == f"dltrain: error: resume=20990101-000000-abcdef: no run '20990101-000000-abcdef' in {tmp_path}"
+    )

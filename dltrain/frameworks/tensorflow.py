@@ -56,15 +56,18 @@ def _restore(model: keras.Model) -> int:
 
 
 class _RayReport(keras.callbacks.Callback):
-    """Each epoch: checkpoint (rank 0), upload TensorBoard events and logs, and report the metrics to Ray."""
+    """Each epoch: history row and checkpoint (rank 0), upload events and logs, and report the metrics to Ray."""
 
     def __init__(self, run: Run, stage: Path, rank: int, log_file: Path):
         super().__init__()
         self.run, self.stage, self.rank, self.log_file = run, stage, rank, log_file
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        metrics = {"epoch": epoch + 1, **(logs or {})}
         checkpoint = None
         if self.rank == 0:
+            # The history row is stored before its checkpoint, so no checkpointed epoch lacks one.
+            self.run.record_epoch(metrics)
             folder = self.stage / "checkpoint"
             shutil.rmtree(folder, ignore_errors=True)
             folder.mkdir()
@@ -74,7 +77,7 @@ class _RayReport(keras.callbacks.Callback):
             self.run.storage.upload(self.stage / "tensorboard", f"{self.run.path}/tensorboard")
         self.run.storage.upload(self.log_file.parent, f"{self.run.path}/logs")
         ray.train.report(
-            {"epoch": epoch + 1, **(logs or {})},
+            metrics,
             checkpoint=checkpoint,
             checkpoint_dir_name=f"checkpoints/epoch-{epoch + 1:04d}",
         )
