@@ -1,0 +1,146 @@
+"""S3 storage against a real S3 server (SeaweedFS on 127.0.0.1): whole runs, S3 data, errors, outages, secrets."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import keras
+import pytest
+from s3server import S3Server, create_bucket, free_ports
+
+from dltrain.data import fashion_mnist
+
+pytestmark = pytest.mark.slow
+SMALL = ["dataset.limit=1280", "trainer.batch_size=64"]
+
+
+def _env(server: S3Server, tmp_path: Path) -> dict[str, str]:
+    return {**os.environ, **server.env(), "DLTRAIN_CACHE": str(tmp_path / "cache")}
+
+
+def _storage(server: S3Server, bucket: str) -> list[str]:
+    return ["storage=s3", f"storage.uri=s3://{bucket}/runs", f"storage.endpoint_url={server.endpoint_url}"]
+
+
+def _dltrain(*args: str, env: dict, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "dltrain", *args], capture_output=True, text=True, env=env, timeout=timeout
+    )
+
+
+def _objects(server: S3Server, bucket: str, prefix: str = "") -> dict[str, bytes]:
+    client = server.client()
+    keys = [
+        item["Key"]
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        for item in page.get("Contents", [])
+    ]
+    return {key: client.get_object(Bucket=bucket, Key=key)["Body"].read() for key in keys}
+
+
+def _run_ids(objects: dict[str, bytes]) -> set[str]:
+    return {key.split("/")[1] for key in objects if re.fullmatch(r"\d{8}-\d{6}-[0-9a-f]{6}", key.split("/")[1])}
+
+
+def test_two_worker_run_keeps_its_whole_folder_in_s3_and_reads_s3_data(s3_session_server, real_data, tmp_path):
+    server = s3_session_server
+    bucket = create_bucket(server)
+    for name, _ in fashion_mnist.FILES.values():
+        server.client().upload_file(str(real_data / name), bucket, f"data/fashion-mnist/{name}")
+    result = _dltrain(
+        *_storage(server, bucket), f"dataset.path=s3://{bucket}/data/fashion-mnist", "resources.num_workers=2",
+        "trainer.epochs=2", *SMALL, env=_env(server, tmp_path),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"-> s3://{bucket}/runs/" in result.stdout.splitlines()[0]
+    assert sorted(
+        p.name for p in (tmp_path / "cache" / "s3" / bucket / "data" / "fashion-mnist").glob("*.gz")
+    ) == sorted(name for name, _ in fashion_mnist.FILES.values())  # the data came from S3 into the local cache
+
+    objects = _objects(server, bucket, "runs/")
+    (run_id,) = _run_ids(objects)
+    names = {key.removeprefix(f"runs/{run_id}/") for key in objects}
+    assert {
+        "config.yaml",
+        "status.json",
+        "metrics.parquet",
+        "summary.json",
+        "model/model.keras",
+        "logs/driver.log",
+    } <= names
+    assert {"checkpoints/epoch-0001/model.keras", "checkpoints/epoch-0002/state.json"} <= names
+    assert any(name.startswith("tensorboard/train/events.out.tfevents") for name in names)
+    assert {name.split("-pid")[0] for name in names if name.startswith("logs/worker-")} == {
+        "logs/worker-0",
+        "logs/worker-1",
+    }
+    assert not any(name.endswith(".partial") for name in names)
+    summary = json.loads(objects[f"runs/{run_id}/summary.json"])
+    assert (summary["status"], summary["epochs"], summary["num_workers"]) == ("COMPLETED", 2, 2)
+
+    model_file = tmp_path / "model.keras"
+    model_file.write_bytes(objects[f"runs/{run_id}/model/model.keras"])
+    assert keras.models.load_model(model_file).output_shape == (None, 10)
+
+    secret = server.secret_key.encode()
+    assert not [key for key, body in objects.items() if secret in body]
+    assert server.secret_key not in result.stdout + result.stderr
+
+
+def test_s3_mistakes_fail_in_seconds_in_one_line(s3_session_server, tmp_path):
+    server = s3_session_server
+    bucket = create_bucket(server)
+    env = _env(server, tmp_path)
+    unreachable = f"http://127.0.0.1:{free_ports()['s3.port']}"
+    wrong_key = {**env, "AWS_SECRET_ACCESS_KEY": "not-the-secret"}
+    cases = [
+        (_storage(server, "no-such-bucket"), env, "bucket 'no-such-bucket' does not exist at"),
+        (_storage(server, bucket), wrong_key, f"rejected the credentials for bucket '{bucket}'"),
+        ([*_storage(server, bucket)[:2], f"storage.endpoint_url={unreachable}"], env, "cannot reach the S3 endpoint"),
+        (["storage=s3", "storage.uri=s3://Bad_Bucket/x"], env, "is not an S3 URI of the form s3://bucket/prefix"),
+    ]
+    for args, case_env, message in cases:
+        started = time.monotonic()
+        result = _dltrain(*args, env=case_env, timeout=120)
+        error = result.stderr.strip()
+        assert result.returncode == 2, error
+        assert error.startswith("dltrain: error: storage: ") and message in error and "\n" not in error
+        assert time.monotonic() - started < 60
+    assert "storage.create_bucket=true" in _dltrain(*cases[0][0], env=env).stderr
+    assert not _objects(server, bucket)  # nothing was written for the failed runs
+
+
+def test_s3_outage_mid_run_never_corrupts_a_checkpoint(s3_server, s3_bucket, real_data, tmp_path):
+    server, env = s3_server, _env(s3_server, tmp_path)
+    args = [*_storage(server, s3_bucket), f"dataset.path={real_data}", "trainer.epochs=6", *SMALL]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dltrain", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        for line in process.stdout:
+            if line.startswith("epoch 2/6"):
+                break
+        server.stop()
+        time.sleep(8)
+        server.start()
+        process.wait(timeout=300)
+    finally:
+        process.kill()
+    (run_id,) = _run_ids(_objects(server, s3_bucket, "runs/"))
+    status = json.loads(server.client().get_object(Bucket=s3_bucket, Key=f"runs/{run_id}/status.json")["Body"].read())
+    if process.returncode != 0:  # the outage outlasted the retries: a clear failure, then resume completes
+        assert status["status"] == "FAILED" and status["error"], status
+        resumed = _dltrain(*_storage(server, s3_bucket), f"resume={run_id}", env=env)
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+    objects = _objects(server, s3_bucket, f"runs/{run_id}/")
+    assert json.loads(objects[f"runs/{run_id}/status.json"])["status"] == "COMPLETED"
+    for key in [key for key in objects if key.endswith(".keras")]:
+        path = tmp_path / key.replace("/", "_")
+        path.write_bytes(objects[key])
+        keras.models.load_model(path)  # every stored checkpoint and the final model are whole
+    summary = json.loads(objects[f"runs/{run_id}/summary.json"])
+    assert summary["epochs"] == 6
