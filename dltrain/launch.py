@@ -127,7 +127,7 @@ class _Relay(ray.train.UserCallback):
             self.reports.put(metrics[0])
 
 
-class _Recorder:
+class _EpochPrinter:
     """Driver side of the relay: a thread prints each epoch (rank 0 has stored it in the metrics history)."""
 
     def __init__(self, epochs: int):
@@ -135,7 +135,7 @@ class _Recorder:
         self.final: dict = {}  # the last report, without an epoch: the test metrics
         self.reports = Queue(actor_options={"num_cpus": 0})
         self._done = threading.Event()
-        self._thread = threading.Thread(target=self._drain, name="dltrain-recorder", daemon=True)
+        self._thread = threading.Thread(target=self._drain, name="dltrain-printer", daemon=True)
 
     def _drain(self) -> None:
         while not (self._done.is_set() and self.reports.empty()):
@@ -148,7 +148,7 @@ class _Recorder:
                 continue
             print(_epoch_line(metrics, self.epochs), flush=True)
 
-    def __enter__(self) -> "_Recorder":
+    def __enter__(self) -> "_EpochPrinter":
         self._thread.start()
         return self
 
@@ -279,8 +279,8 @@ def _run(job: dict, run: Run, parameters: int) -> dict:
             per_worker = worker_resources(job["resources"])
             run.set_status("RUNNING")
             print(f"dltrain: {parameters:,} parameters; {job['resources']['num_workers']} worker(s) x {per_worker}")
-            with _Recorder(job["trainer"]["epochs"]) as recorder:
-                _fit(framework.make_trainer(job, run, per_worker, [_Relay(recorder.reports)]))
+            with _EpochPrinter(job["trainer"]["epochs"]) as printer:
+                _fit(framework.make_trainer(job, run, per_worker, [_Relay(printer.reports)]))
     except KeyboardInterrupt:
         run.set_status("STOPPED", "interrupted by the user")
         print(f"dltrain: run {run.id} STOPPED; its checkpoints are in {run.uri}", flush=True)
@@ -296,8 +296,8 @@ def _run(job: dict, run: Run, parameters: int) -> dict:
     summary = {
         "run_id": run.id,
         "status": "COMPLETED",
-        "test_accuracy": recorder.final["test_accuracy"],
-        "test_loss": recorder.final["test_loss"],
+        "test_accuracy": printer.final["test_accuracy"],
+        "test_loss": printer.final["test_loss"],
         "epochs": len(history),
         "num_workers": job["resources"]["num_workers"],
         "wall_seconds": round(time.time() - started, 1),

@@ -13,6 +13,7 @@ import pytest
 from s3server import S3Server, create_bucket, free_ports
 
 from dltrain.data import fashion_mnist
+from dltrain.storage import check_bucket
 
 pytestmark = pytest.mark.slow
 SMALL = ["dataset.limit=1280", "trainer.batch_size=64"]
@@ -144,3 +145,15 @@ def test_s3_outage_mid_run_never_corrupts_a_checkpoint(s3_server, s3_bucket, rea
         keras.models.load_model(path)  # every stored checkpoint and the final model are whole
     summary = json.loads(objects[f"runs/{run_id}/summary.json"])
     assert summary["epochs"] == 6
+
+
+def test_create_bucket_makes_a_missing_bucket(s3_session_server, monkeypatch):
+    server = s3_session_server
+    for name, value in server.env().items():
+        monkeypatch.setenv(name, value)
+    name = f"made-{os.getpid()}-{int(time.time())}"
+    with pytest.raises(ValueError, match="does not exist"):
+        check_bucket(name, server.endpoint_url, None, create=False)
+    check_bucket(name, server.endpoint_url, None, create=True)
+    check_bucket(name, server.endpoint_url, None, create=False)  # now it exists
+    assert name in {bucket["Name"] for bucket in server.client().list_buckets()["Buckets"]}
