@@ -40,6 +40,7 @@ class DumpWorkerState(keras.callbacks.Callback):
             "node_ip": ray.util.get_node_ip_address(),
             "tf_workers": tf_config.get("cluster", {}).get("worker", []),
             "epochs_seen": self.epochs_seen,
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
         }
         (self.folder / f"worker-{rank}.json").write_text(json.dumps(seen))
 

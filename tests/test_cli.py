@@ -1,10 +1,14 @@
 """`python -m dltrain ...` as a user runs it: whole runs in a subprocess, bad input, infeasible requests, Ctrl-C."""
 
+import contextlib
 import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -13,6 +17,7 @@ import pytest
 
 
 def _dltrain(*args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run `python -m dltrain *args` as a user would."""
     return subprocess.run(
         [sys.executable, "-m", "dltrain", *args], capture_output=True, text=True, timeout=timeout, env=env
     )
@@ -145,3 +150,48 @@ def test_resume_of_an_unknown_run_fails_in_one_line(tmp_path):
         result.stderr.strip()
         == f"dltrain: error: resume=20990101-000000-abcdef: no run '20990101-000000-abcdef' in {tmp_path}"
     )
+
+
+@pytest.fixture
+def logical_gpu_cluster(worker_env):
+    """A real `ray start --head` cluster on 127.0.0.1 declaring 4 logical GPUs (there are none): its address."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**worker_env, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token"}
+    temp_dir = tempfile.mkdtemp(prefix="dltrain-ray-")  # short: Ray's unix socket paths must fit in 107 bytes
+    head = subprocess.Popen(
+        [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", f"--port={port}",
+         "--node-ip-address=127.0.0.1", "--num-cpus=2", "--num-gpus=4", "--include-dashboard=false",
+         f"--temp-dir={temp_dir}"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    try:
+        status = [str(Path(sys.executable).parent / "ray"), "status", f"--address=127.0.0.1:{port}"]
+        deadline = time.monotonic() + 120
+        while subprocess.run(status, env=env, capture_output=True, timeout=60).returncode != 0:
+            assert time.monotonic() < deadline, "the Ray head did not come up"
+            time.sleep(2)
+        yield f"127.0.0.1:{port}", env
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        time.sleep(5)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(head.pid, signal.SIGKILL)  # the GCS may outlive a SIGTERM
+        head.wait(timeout=30)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_gpu_profile_on_a_cluster_gives_each_worker_its_own_gpu(logical_gpu_cluster, real_data, tmp_path):
+    address, env = logical_gpu_cluster
+    dumps = tmp_path / "dumps"
+    result = _dltrain(
+        "resources=large", f"ray.address={address}", "trainer.epochs=1", "dataset.limit=1280",
+        "trainer.batch_size=64", f"dataset.path={real_data}", f"storage.uri={tmp_path / 'runs'}",
+        f"+trainer.callbacks.dump={{_target_: helpers.DumpWorkerState, folder: '{dumps}'}}", env=env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "4 worker(s) x {'CPU': 0.5, 'GPU': 1}" in result.stdout
+    devices = [json.loads((dumps / f"worker-{rank}.json").read_text())["cuda_visible_devices"] for rank in range(4)]
+    assert sorted(devices) == ["0", "1", "2", "3"]  # one GPU each; TensorFlow fell back to the CPU
