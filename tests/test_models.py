@@ -31,3 +31,21 @@ def test_hyperparameters_change_the_architecture():
 def test_bad_hyperparameters_raise_value_error(kwargs, message):
     with pytest.raises(ValueError, match=message):
         build_cnn((28, 28, 1), 10, **kwargs)
+
+
+def test_keras_checkpoint_restores_weights_and_optimizer_state(tmp_path):
+    """dltrain's checkpoints are .keras files loaded with load_weights into a freshly built, compiled model."""
+    trained = build_cnn((28, 28, 1), 10, filters=[4])
+    trained.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    rng = np.random.default_rng(0)
+    trained.fit(rng.random((64, 28, 28, 1)), rng.integers(0, 10, 64), epochs=2, verbose=0)
+    trained.save(tmp_path / "model.keras")
+    fresh = build_cnn((28, 28, 1), 10, filters=[4])
+    fresh.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    fresh.optimizer.build(fresh.trainable_variables)
+    fresh.load_weights(tmp_path / "model.keras")
+    assert int(fresh.optimizer.iterations) == int(trained.optimizer.iterations) == 4
+    for restored, saved in zip(
+        fresh.weights + fresh.optimizer.variables, trained.weights + trained.optimizer.variables, strict=True
+    ):
+        np.testing.assert_array_equal(restored.numpy(), saved.numpy())
