@@ -225,34 +225,32 @@ def train(job: dict, driver_log: Path | None = None) -> dict:
     `driver_log`, a local file, receives the driver's log records and is kept as the run's logs/driver.log.
     """
     storage = _open_storage(job["storage"])
-    if job["resume"]:
-        return _resume(job, storage, driver_log)
+    run = _run_to_resume(job["resume"], storage) if job["resume"] else None
+    if run is not None:
+        status = run.status()["status"]
+        if status == "COMPLETED":
+            print(f"dltrain: run {run.id} is already COMPLETED; nothing to resume -> {run.uri}", flush=True)
+            return run.summary()
+        # The saved config holds no credentials: the storage and Ray settings come from this command.
+        job = run.config() | {"storage": job["storage"], "ray": job["ray"], "resume": run.id}
     _check_data(job)
     parameters = _check_model(job, driver_log)
-    run = RunStore(storage).create(job, framework.versions())
-    print(f"dltrain: run {run.id} -> {run.uri}", flush=True)
+    if run is None:
+        run = RunStore(storage).create(job, framework.versions())
+        print(f"dltrain: run {run.id} -> {run.uri}", flush=True)
+    else:
+        run.mark_resumed()
+        print(f"dltrain: resuming run {run.id} ({status}) from its latest checkpoint -> {run.uri}", flush=True)
     with _logging_to(driver_log, run):
         return _run(job, run, parameters)
 
 
-def _resume(job: dict, storage: Storage, driver_log: Path | None) -> dict:
-    """Continue run `job["resume"]` from its latest checkpoint with its saved config, in its own folder."""
+def _run_to_resume(run_id: str, storage: Storage) -> Run:
+    """The run `resume=` names; it continues from its latest checkpoint, in its own folder."""
     try:
-        run = RunStore(storage).get(job["resume"])
+        return RunStore(storage).get(run_id)
     except ValueError as error:
-        raise DltrainError(f"resume={job['resume']}: {error}") from error
-    status = run.status()["status"]
-    if status == "COMPLETED":
-        print(f"dltrain: run {run.id} is already COMPLETED; nothing to resume -> {run.uri}", flush=True)
-        return run.summary()
-    # The saved config holds no credentials: the storage and Ray settings come from this command.
-    job = run.config() | {"storage": job["storage"], "ray": job["ray"], "resume": run.id}
-    _check_data(job)
-    parameters = _check_model(job, driver_log)
-    run.mark_resumed()
-    print(f"dltrain: resuming run {run.id} ({status}) from its latest checkpoint -> {run.uri}", flush=True)
-    with _logging_to(driver_log, run):
-        return _run(job, run, parameters)
+        raise DltrainError(f"resume={run_id}: {error}") from error
 
 
 @contextlib.contextmanager

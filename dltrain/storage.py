@@ -152,7 +152,7 @@ def cache_s3_folder(uri: str, names: list[str], endpoint_url: str | None, region
         for name in names:
             if (cache / name).is_file():
                 continue
-            source = f"{bucket}/{prefix}/{name}".replace("//", "/")
+            source = "/".join(part for part in (bucket, prefix, name) if part)
             if filesystem.get_file_info(source).type == pafs.FileType.NotFound:
                 raise FileNotFoundError(f"{uri.rstrip('/')}/{name} does not exist")
             partial = cache / f".{name}.partial"
