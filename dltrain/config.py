@@ -12,11 +12,16 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
+from dltrain import search_space
 from dltrain.data import DATASETS
 from dltrain.errors import DltrainError
 
 FRAMEWORKS = ("tensorflow",)
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
+EPOCH_METRICS = ("val_accuracy", "val_loss", "accuracy", "loss")  # what every epoch reports, so what a sweep ranks
+SCHEDULERS = ("asha", "median", "fifo")
+SEARCH_ALGORITHMS = ("random", "grid", "bayes")
+SEARCHABLE = ("model", "trainer", "dataset")  # sections a sweep may vary; resources and storage are per sweep
 
 
 def _is_int(value: Any) -> bool:
@@ -72,7 +77,40 @@ _RULES: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
 }
 # Keys a config group option may leave out, and what they then mean (storage=local has no S3 settings).
 _DEFAULTS = {"storage": {"endpoint_url": None, "region": None, "create_bucket": False}}
-_SECTIONS = (*_RULES, "model", "resume")
+_SECTIONS = (*_RULES, "model", "resume", "sweep")
+
+_SWEEP_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "num_samples": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "metric": (lambda v: v in EPOCH_METRICS, "one of " + ", ".join(EPOCH_METRICS)),
+    "mode": (lambda v: v in ("max", "min"), "max or min"),
+    "max_concurrent_trials": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "scheduler": (lambda v: isinstance(v, dict), "a mapping with a name"),
+    "search": (lambda v: isinstance(v, dict), "a mapping with an algorithm"),
+    "space": (lambda v: isinstance(v, dict) and v != {}, "a non-empty mapping of config keys to search expressions"),
+}
+# scheduler name -> its keys beside `name`
+_SCHEDULER_RULES: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
+    "asha": {
+        "grace_period": (lambda v: _is_int(v) and v >= 1, "an integer >= 1 (epochs)"),
+        "reduction_factor": (lambda v: _is_number(v) and v > 1, "a number > 1"),
+    },
+    "median": {
+        "grace_period": (lambda v: _is_int(v) and v >= 1, "an integer >= 1 (epochs)"),
+        "min_samples_required": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    },
+    "fifo": {},
+}
+_SEARCH_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "algorithm": (lambda v: v in SEARCH_ALGORITHMS, "one of " + ", ".join(SEARCH_ALGORITHMS)),
+    "seed": (_optional(_is_int), "null or an integer"),
+}
+
+
+def _check_values(section: str, given: dict, rules: dict[str, tuple[Callable[[Any], bool], str]]) -> None:
+    _check_keys(section, given, list(rules))
+    for key, (check, allowed) in rules.items():
+        if not check(given[key]):
+            raise DltrainError(f"{section}.{key}={given[key]!r} is invalid: expected {allowed}")
 
 
 def _check_keys(section: str, given: dict, allowed: list[str]) -> None:
@@ -115,18 +153,24 @@ def resolve(cfg: DictConfig) -> dict:
         raise DltrainError(f"{error.full_key} is required: set {error.full_key}=...") from error
     except Exception as error:  # OmegaConf raises several types for bad interpolations
         raise DltrainError(f"config cannot be resolved: {str(error).splitlines()[0]}") from error
+    job.setdefault("sweep", None)  # the sweep group is chosen only for sweeps
     _check_keys("config", job, list(_SECTIONS))
     if job["resume"] is not None and not isinstance(job["resume"], str):
-        raise DltrainError(f"resume={job['resume']!r} is invalid: expected a run id")
-    for section, rules in _RULES.items():
+        raise DltrainError(f"resume={job['resume']!r} is invalid: expected a run or sweep id")
+    for section in _RULES:
         if not isinstance(job[section], dict):
             raise DltrainError(f"{section} must be a mapping, got {job[section]!r}")
         job[section] = _DEFAULTS.get(section, {}) | job[section]
-        _check_keys(section, job[section], list(rules))
-        for key, (check, allowed) in rules.items():
-            value = job[section][key]
-            if not check(value):
-                raise DltrainError(f"{section}.{key}={value!r} is invalid: expected {allowed}")
+    _check_job(job)
+    if job["sweep"] is not None:
+        _check_sweep(job)
+    return job
+
+
+def _check_job(job: dict) -> None:
+    """Every section's keys and values, the model's keys, and the rules that tie sections together."""
+    for section, rules in _RULES.items():
+        _check_values(section, job[section], rules)
     _check_model(job["model"])
 
     trainer, resources, dataset = job["trainer"], job["resources"], job["dataset"]
@@ -142,4 +186,54 @@ def resolve(cfg: DictConfig) -> dict:
                 f"dataset.limit={dataset['limit']} leaves {train_samples} training samples, fewer than one "
                 f"global batch (trainer.batch_size={trainer['batch_size']})"
             )
-    return job
+
+
+def _check_sweep(job: dict) -> None:
+    """The sweep's settings, and every key of its search space with the values its trials may get."""
+    sweep = job["sweep"]
+    if not isinstance(sweep, dict):
+        raise DltrainError(f"sweep must be a mapping, got {sweep!r}")
+    _check_values("sweep", sweep, _SWEEP_RULES)
+    scheduler = sweep["scheduler"]
+    if scheduler.get("name") not in SCHEDULERS:
+        raise DltrainError(f"sweep.scheduler.name={scheduler.get('name')!r} is invalid: expected one of "
+                           f"{', '.join(SCHEDULERS)}")  # fmt: skip
+    _check_values(
+        "sweep.scheduler", {k: v for k, v in scheduler.items() if k != "name"}, _SCHEDULER_RULES[scheduler["name"]]
+    )
+    if scheduler.get("grace_period", 1) > job["trainer"]["epochs"]:
+        raise DltrainError(
+            f"sweep.scheduler.grace_period={scheduler['grace_period']} exceeds "
+            f"trainer.epochs={job['trainer']['epochs']}"
+        )
+    _check_values("sweep.search", sweep["search"], _SEARCH_RULES)
+    if sweep["metric"].startswith("val_") and job["dataset"]["validation_split"] == 0:
+        raise DltrainError(f"sweep.metric={sweep['metric']} needs a validation set: dataset.validation_split > 0")
+
+    algorithm = sweep["search"]["algorithm"]
+    for path, expression in search_space.flatten(sweep["space"]).items():
+        key = f"sweep.space.{path}"
+        if path.split(".")[0] not in SEARCHABLE:
+            raise DltrainError(f"{key}: only {', '.join(SEARCHABLE)} keys can be searched")
+        try:
+            dimension = search_space.parse(expression)
+        except ValueError as error:
+            raise DltrainError(f"{key}: {error}") from error
+        if algorithm == "grid" and dimension.distribution != "choice":
+            raise DltrainError(f"{key}={expression}: a grid sweep needs choice([...]) for every key")
+        if (
+            algorithm == "bayes"
+            and dimension.distribution == "choice"
+            and not all(value is None or isinstance(value, (bool, int, float, str)) for value in dimension.candidates())
+        ):
+            raise DltrainError(f"{key}={expression}: the bayes search chooses among numbers and strings only")
+        for value in dimension.candidates():
+            try:
+                trial = search_space.assign(job, {path: value})
+            except KeyError:
+                valid = ", ".join(sorted(job[path.split(".")[0]]))
+                raise DltrainError(f"{key}: unknown key; valid keys: {valid}") from None
+            try:
+                _check_job(trial)
+            except DltrainError as error:
+                raise DltrainError(f"{key}={expression}: a trial would get {path}={value!r}: {error}") from None

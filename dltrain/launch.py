@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import ray
 import ray.train
@@ -26,6 +27,7 @@ from dltrain.runs import Run, RunStore
 from dltrain.storage import Storage, check_storage, open_storage
 
 log = logging.getLogger("dltrain")
+TRIAL_CPUS = 0.01  # what a sweep's trial (which only starts its workers) reserves; Tune refuses 0
 
 
 @contextlib.contextmanager
@@ -74,13 +76,16 @@ def ray_connection(address: str | None) -> Iterator[None]:
             ray.shutdown()
 
 
-def worker_resources(resources: dict) -> dict[str, float]:
-    """Ray resources for one worker; DltrainError if this cluster can never place all the workers."""
+def worker_resources(resources: dict, trials_at_once: int | None = None) -> dict[str, float]:
+    """Ray resources for one worker of a run, or of one of a sweep's `trials_at_once` trials sharing the cluster;
+    DltrainError if this cluster can never place all of one run's workers."""
     workers, use_gpu = resources["num_workers"], resources["use_gpu"]
     nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
     total_cpus = sum(node.get("CPU", 0) for node in nodes)
     # CPU workers share the machine (Ray caps each worker's threads at its CPUs); GPU workers need one CPU each.
-    share = total_cpus / workers
+    # Trials share it equally, each keeping TRIAL_CPUS for itself.
+    run_cpus = total_cpus if trials_at_once is None else total_cpus / trials_at_once - TRIAL_CPUS
+    share = math.floor(run_cpus / workers * 100) / 100  # Ray rounds resources to 1/10,000: stay below the total
     cpus = resources["cpus_per_worker"] or (min(1.0, share) if use_gpu else share)
     per_worker = {"CPU": cpus, **({"GPU": 1} if use_gpu else {})}
     demand = f"{workers} workers x {{{', '.join(f'{k}: {v:g}' for k, v in per_worker.items())}}}"
@@ -132,7 +137,6 @@ class _EpochPrinter:
 
     def __init__(self, epochs: int):
         self.epochs = epochs
-        self.final: dict = {}  # the last report, without an epoch: the test metrics
         self.reports = Queue(actor_options={"num_cpus": 0})
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._drain, name="dltrain-printer", daemon=True)
@@ -142,9 +146,6 @@ class _EpochPrinter:
             try:
                 metrics = self.reports.get(timeout=0.2)
             except (Empty, queue.Empty):
-                continue
-            if "epoch" not in metrics:
-                self.final = metrics
                 continue
             print(_epoch_line(metrics, self.epochs), flush=True)
 
@@ -166,7 +167,7 @@ def _check_data(job: dict) -> None:
         raise DltrainError(f"dataset: {error}") from error
 
 
-def _check_model(job: dict, driver_log: Path | None) -> int:
+def check_model(job: dict, driver_log: Path | None) -> int:
     """Build the model once so that a bad hyperparameter fails now; returns its parameter count."""
     data = DATASETS[job["dataset"]["name"]]
     # TensorFlow's device probing writes native lines to stderr: they belong in the driver log.
@@ -178,27 +179,29 @@ def _check_model(job: dict, driver_log: Path | None) -> int:
     return model.count_params()
 
 
-def _fit(trainer) -> None:
-    """Run `trainer.fit()` in a thread, so that Ctrl-C reaches the driver as KeyboardInterrupt.
+def fit(fittable: Any) -> Any:
+    """`fittable.fit()` (a Ray trainer or Tune tuner) in a thread, so that Ctrl-C reaches the driver as
+    KeyboardInterrupt; returns what fit returns.
 
     (In the main thread, Ray Train installs its own SIGINT handler, which ends the process with SystemExit.)
     Leaving `ray_connection` then stops the workers: the embedded Ray shuts down, and a cluster's Ray Train
     controller dies with the driver that owns it.
     """
-    outcome: dict[str, BaseException] = {}
+    outcome: dict[str, Any] = {}
 
-    def fit() -> None:
+    def run() -> None:
         try:
-            trainer.fit()
+            outcome["result"] = fittable.fit()
         except BaseException as error:  # handed to the main thread
             outcome["error"] = error
 
-    thread = threading.Thread(target=fit, name="dltrain-fit", daemon=True)
+    thread = threading.Thread(target=run, name="dltrain-fit", daemon=True)
     thread.start()
     while thread.is_alive():
         thread.join(timeout=0.5)
     if "error" in outcome:
         raise outcome["error"]
+    return outcome["result"]
 
 
 def _describe(error: Exception) -> str:
@@ -220,28 +223,37 @@ def _open_storage(config: dict) -> Storage:
 
 
 def train(job: dict, driver_log: Path | None = None) -> dict:
-    """Run one training job end to end (or resume one) and return its summary; the run folder records everything.
+    """Run one training job, or a sweep of them, end to end (or resume one) and return its summary; its folder
+    records everything.
 
-    `driver_log`, a local file, receives the driver's log records and is kept as the run's logs/driver.log.
+    `driver_log`, a local file, receives the driver's log records and is kept as the folder's logs/driver.log.
     """
     storage = _open_storage(job["storage"])
     run = _run_to_resume(job["resume"], storage) if job["resume"] else None
     if run is not None:
         status = run.status()["status"]
+        kind = "sweep" if run.config()["sweep"] else "run"
         if status == "COMPLETED":
-            print(f"dltrain: run {run.id} is already COMPLETED; nothing to resume -> {run.uri}", flush=True)
+            print(f"dltrain: {kind} {run.id} is already COMPLETED; nothing to resume -> {run.uri}", flush=True)
             return run.summary()
         # The saved config holds no credentials: the storage and Ray settings come from this command.
         job = run.config() | {"storage": job["storage"], "ray": job["ray"], "resume": run.id}
+    kind = "sweep" if job["sweep"] else "run"
     _check_data(job)
-    parameters = _check_model(job, driver_log)
+    parameters = check_model(job, driver_log)
+    if job["sweep"]:
+        from dltrain import sweep  # sweep builds on this module: imported here, where it is needed
+
+        sweep.check_trial_models(job, driver_log)
     if run is None:
         run = RunStore(storage).create(job, framework.versions())
-        print(f"dltrain: run {run.id} -> {run.uri}", flush=True)
+        print(f"dltrain: {kind} {run.id} -> {run.uri}", flush=True)
     else:
         run.mark_resumed()
-        print(f"dltrain: resuming run {run.id} ({status}) from its latest checkpoint -> {run.uri}", flush=True)
+        print(f"dltrain: resuming {kind} {run.id} ({status}) from its latest checkpoint -> {run.uri}", flush=True)
     with _logging_to(driver_log, run):
+        if job["sweep"]:
+            return sweep.run_sweep(job, run, resuming=job["resume"] is not None)
         return _run(job, run, parameters)
 
 
@@ -270,15 +282,11 @@ def _logging_to(driver_log: Path | None, run: Run) -> Iterator[None]:
         run.storage.write_bytes(f"{run.path}/logs/driver.log", driver_log.read_bytes())
 
 
-def _run(job: dict, run: Run, parameters: int) -> dict:
-    started = time.time()
+@contextlib.contextmanager
+def recorded(run: Run) -> Iterator[None]:
+    """Mark `run` STOPPED on Ctrl-C and FAILED on any error in this block, which then ends in one line."""
     try:
-        with ray_connection(job["ray"]["address"]):
-            per_worker = worker_resources(job["resources"])
-            run.set_status("RUNNING")
-            print(f"dltrain: {parameters:,} parameters; {job['resources']['num_workers']} worker(s) x {per_worker}")
-            with _EpochPrinter(job["trainer"]["epochs"]) as printer:
-                _fit(framework.make_trainer(job, run, per_worker, [_Relay(printer.reports)]))
+        yield
     except KeyboardInterrupt:
         run.set_status("STOPPED", "interrupted by the user")
         print(f"dltrain: run {run.id} STOPPED; its checkpoints are in {run.uri}", flush=True)
@@ -290,21 +298,35 @@ def _run(job: dict, run: Run, parameters: int) -> dict:
         message = _describe(error)
         run.set_status("FAILED", message)
         raise DltrainError(f"run {run.id} FAILED: {message} (logs: {run.uri}/logs)") from error
-    history = run.metrics()
-    summary = {
-        "run_id": run.id,
-        "status": "COMPLETED",
-        "test_accuracy": printer.final["test_accuracy"],
-        "test_loss": printer.final["test_loss"],
-        "epochs": len(history),
-        "num_workers": job["resources"]["num_workers"],
-        "wall_seconds": round(time.time() - started, 1),
-    }
-    run.write_summary(summary)
-    run.set_status("COMPLETED")
+
+
+def _run(job: dict, run: Run, parameters: int) -> dict:
+    with recorded(run), ray_connection(job["ray"]["address"]):
+        per_worker = worker_resources(job["resources"])
+        print(f"dltrain: {parameters:,} parameters; {job['resources']['num_workers']} worker(s) x {per_worker}")
+        with _EpochPrinter(job["trainer"]["epochs"]) as printer:
+            summary = execute(job, run, per_worker, [_Relay(printer.reports)])
     print(
         f"dltrain: run {run.id} COMPLETED: test_accuracy {summary['test_accuracy']:.4f}  "
         f"test_loss {summary['test_loss']:.4f}  {summary['wall_seconds']:.0f}s -> {run.uri}",
         flush=True,
     )
+    return summary
+
+
+def execute(job: dict, run: Run, per_worker: dict, callbacks: list[ray.train.UserCallback]) -> dict:
+    """Train `job` into `run` on the connected Ray, mark it RUNNING then COMPLETED, and return its summary."""
+    started = time.time()
+    run.set_status("RUNNING")
+    fit(framework.make_trainer(job, run, per_worker, callbacks))
+    summary = {
+        "run_id": run.id,
+        "status": "COMPLETED",
+        **run.test_metrics(),
+        "epochs": len(run.metrics()),
+        "num_workers": job["resources"]["num_workers"],
+        "wall_seconds": round(time.time() - started, 1),
+    }
+    run.write_summary(summary)
+    run.set_status("COMPLETED")
     return summary

@@ -4,7 +4,7 @@
                    status.json        PENDING / RUNNING / COMPLETED / FAILED / STOPPED, timestamps, error
                    metrics.parquet    one row per epoch
                    summary.json       written once a run has ended
-                   model/model.keras  the final model
+                   model/model.keras  the final model, and model/test_metrics.json its test loss and accuracy
                    checkpoints/       Ray Train checkpoints, one per epoch (the newest few are kept)
                    tensorboard/, logs/
 """
@@ -26,6 +26,7 @@ STATUSES = ("PENDING", "RUNNING", "COMPLETED", "FAILED", "STOPPED")
 ENDED = ("COMPLETED", "FAILED", "STOPPED")
 _SECRET_KEY = re.compile(r"secret|password|passwd|token|credential|private_key|access_key", re.IGNORECASE)
 REDACTED = "***"
+TEST_METRICS_FILE = "test_metrics.json"  # in model/, beside the final model: its test loss and accuracy
 
 
 def new_run_id() -> str:
@@ -111,6 +112,10 @@ class Run:
             return []
         return pq.read_table(io.BytesIO(self.storage.read_bytes(path))).to_pylist()
 
+    def test_metrics(self) -> dict[str, float]:
+        """The final model's test metrics, stored beside it by the worker that saved it."""
+        return self._read_json(f"model/{TEST_METRICS_FILE}")
+
     def write_summary(self, summary: dict[str, Any]) -> None:
         """Save summary.json."""
         self._write_json("summary.json", summary)
@@ -126,9 +131,10 @@ class RunStore:
     def __init__(self, storage: Storage):
         self.storage = storage
 
-    def create(self, config: dict, versions: dict[str, str]) -> Run:
-        """A new run folder holding the config and a PENDING status that records the library versions."""
-        run = Run(self.storage, new_run_id())
+    def create(self, config: dict, versions: dict[str, str], run_id: str | None = None) -> Run:
+        """A new run folder (a new id unless one is given) holding the config and a PENDING status that records
+        the library versions."""
+        run = Run(self.storage, run_id or new_run_id())
         run.write_config(config)
         run._write_json("status.json", {"created": _now(), "versions": versions})
         run.set_status("PENDING")

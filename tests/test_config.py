@@ -10,7 +10,7 @@ from dltrain.__main__ import CONFIG_DIR
 from dltrain.config import resolve
 from dltrain.errors import DltrainError
 
-GROUPS = ("model", "dataset", "resources", "storage", "framework")
+GROUPS = ("model", "dataset", "resources", "storage", "framework", "sweep")
 
 
 def _options(group: str) -> list[str]:
@@ -32,7 +32,8 @@ def test_defaults_are_the_reference_recipe():
 def test_every_group_option_composes_and_validates(group, option):
     required = {"s3": ["storage.uri=s3://bucket/prefix"]}.get(option, [])
     job = resolve(compose_config(f"{group}={option}", *required))
-    assert set(job) == {"model", "dataset", "resources", "storage", "framework", "trainer", "ray", "resume"}
+    assert set(job) == {"model", "dataset", "resources", "storage", "framework", "trainer", "ray", "resume", "sweep"}
+    assert (job["sweep"] is None) == (group != "sweep")
     assert set(job["storage"]) == {"uri", "endpoint_url", "region", "create_bucket"}
 
 

@@ -23,7 +23,7 @@ from dltrain.data import prepare as prepare_data
 from dltrain.data.pipeline import Split, eval_batches, steps_per_epoch, train_batches, train_validation_split
 from dltrain.engine.loop import DistributedLoop
 from dltrain.logs import output_to
-from dltrain.runs import Run
+from dltrain.runs import TEST_METRICS_FILE, Run
 from dltrain.storage import open_storage
 
 _STATE_FILE = "state.json"
@@ -127,8 +127,9 @@ def _train(job: dict, run: Run, stage: Path, log_file: Path) -> None:
     if rank == 0:
         (stage / "model").mkdir()
         model.save(stage / "model" / _MODEL_FILE)
+        test_metrics = {f"test_{name}": value for name, value in test_metrics.items()}
+        (stage / "model" / TEST_METRICS_FILE).write_text(json.dumps(test_metrics))
         run.storage.upload(stage / "model", f"{run.path}/model")
-    ray.train.report({f"test_{name}": value for name, value in test_metrics.items()})
 
 
 def train_loop_per_worker(job: dict) -> None:

@@ -1,0 +1,314 @@
+"""Hyperparameter sweeps: Ray Tune runs one dltrain training run per trial over a search space from conf/sweep/.
+
+A sweep has a folder like a run's (config.yaml, status.json, logs/) plus:
+
+<storage>/<sweep id>/trials.parquet   one row per trial: trial and run ids, sampled values, status, epochs, metrics
+                     summary.json     the best trial: its values, metric, epoch and run id; trial and epoch counts
+                     tune/            Ray Tune's own state, from which `resume=<sweep id>` continues
+
+Every trial is a whole run in its own folder, <storage>/<sweep id>-<trial id>/, so its model, metrics and
+checkpoints are found as any run's. Following Ray Train V2's pattern, a trial is a function that builds and
+fits one trainer, and Ray Train's Tune callback forwards each epoch's metrics to the scheduler.
+"""
+
+import io
+import math
+import os
+import time
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from ray import tune
+from ray.tune.integration.ray_train import TuneReportCallback
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule
+from ray.tune.search import BasicVariantGenerator
+
+from dltrain import launch, search_space
+from dltrain.errors import DltrainError
+from dltrain.frameworks import tensorflow as framework
+from dltrain.runs import ENDED, Run, RunStore
+from dltrain.search_space import Dimension
+from dltrain.storage import open_storage
+
+_TIME = "epoch"  # schedulers count a trial's progress in its run's epochs, which survive restarts of the trial
+_TUNE_FOLDER = "tune"
+_TABLE_SECONDS = 30  # the console's progress table, at most this often
+
+
+def trial_run_id(sweep_id: str, trial_id: str) -> str:
+    """A trial's run id: the sweep's id and Tune's trial id, so the runs of a sweep sort together."""
+    return f"{sweep_id}-{trial_id}"
+
+
+def _dimensions(sweep: dict) -> dict[str, Dimension]:
+    return {path: search_space.parse(expression) for path, expression in search_space.flatten(sweep["space"]).items()}
+
+
+def _domain(dimension: Dimension, grid: bool) -> Any:
+    if grid:
+        return tune.grid_search(dimension.candidates())
+    sampler = {
+        "uniform": tune.uniform,
+        "quniform": tune.quniform,
+        "loguniform": tune.loguniform,
+        "randint": tune.randint,
+        "choice": tune.choice,
+    }[dimension.distribution]
+    return sampler(*dimension.arguments)
+
+
+def param_space(sweep: dict) -> dict[str, Any]:
+    """Ray Tune's search space for the sweep, keyed by dotted config key."""
+    grid = sweep["search"]["algorithm"] == "grid"
+    return {path: _domain(dimension, grid) for path, dimension in _dimensions(sweep).items()}
+
+
+def trial_count(sweep: dict) -> int:
+    """How many trials the sweep runs: num_samples, or num_samples times the grid's combinations."""
+    if sweep["search"]["algorithm"] != "grid":
+        return sweep["num_samples"]
+    return sweep["num_samples"] * math.prod(len(d.candidates()) for d in _dimensions(sweep).values())
+
+
+def _scheduler(sweep: dict, epochs: int) -> Any:
+    settings = sweep["scheduler"]
+    if settings["name"] == "asha":
+        return ASHAScheduler(
+            time_attr=_TIME,
+            max_t=epochs,
+            grace_period=settings["grace_period"],
+            reduction_factor=settings["reduction_factor"],
+        )
+    if settings["name"] == "median":
+        return MedianStoppingRule(
+            time_attr=_TIME,
+            grace_period=settings["grace_period"],
+            min_samples_required=settings["min_samples_required"],
+        )
+    return FIFOScheduler()
+
+
+def _search_algorithm(sweep: dict, at_once: int) -> Any:
+    """Random or grid sampling, or Optuna's TPE (which Tune limits to `at_once` trials through TuneConfig)."""
+    seed = sweep["search"]["seed"]
+    if sweep["search"]["algorithm"] == "bayes":
+        import optuna
+        from ray.tune.search.optuna import OptunaSearch
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        return OptunaSearch(sampler=optuna.samplers.TPESampler(seed=seed))
+    return BasicVariantGenerator(max_concurrent=at_once, random_state=seed)
+
+
+def _trial(params: dict, job: dict, sweep_id: str, per_worker: dict) -> None:
+    """One trial, in its Tune actor: a dltrain run of `job` with the trial's values (resumed if it exists)."""
+    trial_job = search_space.assign(job, params) | {"sweep": None, "resume": None}
+    store = RunStore(open_storage(job["storage"]))
+    run_id = trial_run_id(sweep_id, tune.get_context().get_trial_id())
+    try:
+        run = store.get(run_id)
+        run.mark_resumed()
+    except ValueError:
+        run = store.create(trial_job, framework.versions(), run_id)
+    with launch.recorded(run):
+        launch.execute(trial_job, run, per_worker, [TuneReportCallback()])
+
+
+class _Progress(tune.Callback):
+    """The console: a compact table of the trials every _TABLE_SECONDS while something changed."""
+
+    def __init__(self, sweep: dict, epochs: int):
+        self.metric, self.epochs = sweep["metric"], epochs
+        self.paths = list(search_space.flatten(sweep["space"]))
+        self._printed_at = 0.0
+        self._changed = False
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        self._changed = True
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self._changed = True
+
+    def on_step_end(self, iteration, trials, **info) -> None:
+        if self._changed and time.monotonic() - self._printed_at > _TABLE_SECONDS:
+            self._printed_at, self._changed = time.monotonic(), False
+            print(self.table(trials), flush=True)
+
+    def table(self, trials: list) -> str:
+        """Trial id, Tune status, epochs, metric and sampled values, one line per trial."""
+        counts: dict[str, int] = {}
+        for trial in trials:
+            counts[trial.status] = counts.get(trial.status, 0) + 1
+        lines = [f"trials: {', '.join(f'{n} {status}' for status, n in sorted(counts.items()))}"]
+        header = ["trial", "status", "epoch", self.metric, *self.paths]
+        rows = [
+            [
+                trial.trial_id,
+                trial.status,
+                str(trial.last_result.get(_TIME, "")),
+                _format(trial.last_result.get(self.metric)),
+                *(_format(trial.config.get(path)) for path in self.paths),
+            ]
+            for trial in trials
+        ]
+        widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+        lines += [
+            "  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+            for row in [header, *rows]
+        ]
+        return "\n".join(lines)
+
+
+def _format(value: Any) -> str:
+    if value is None:
+        return ""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def check_trial_models(job: dict, driver_log) -> None:
+    """Build the model for every value the space may give a model key, so a bad one fails before Ray starts."""
+    for path, dimension in _dimensions(job["sweep"]).items():
+        if path.startswith("model."):
+            for value in dimension.candidates():
+                try:
+                    launch.check_model(search_space.assign(job, {path: value}), driver_log)
+                except DltrainError as error:
+                    raise DltrainError(f"sweep.space.{path}: a trial would get {path}={value!r}: {error}") from None
+
+
+def run_sweep(job: dict, sweep: Run, resuming: bool) -> dict:
+    """Run (or resume) the sweep `job` describes, recorded in `sweep`; returns its summary."""
+    settings = job["sweep"]
+    trials = trial_count(settings)
+    at_once = min(settings["max_concurrent_trials"], trials)
+    tune_path = sweep.storage.join(sweep.id, _TUNE_FOLDER)
+    started = time.time()
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # Tune's legacy console output, which verbose=0 silences: _Progress reports
+    with launch.recorded(sweep), launch.ray_connection(job["ray"]["address"]):
+        per_worker = launch.worker_resources(job["resources"], at_once)
+        sweep.set_status("RUNNING")
+        print(
+            f"dltrain: {trials} trials of {settings['metric']} ({settings['mode']}), {at_once} at a time, each "
+            f"{job['resources']['num_workers']} worker(s) x {per_worker}",
+            flush=True,
+        )
+        trainable = tune.with_resources(
+            tune.with_parameters(_trial, job=job, sweep_id=sweep.id, per_worker=per_worker),
+            {"CPU": launch.TRIAL_CPUS},
+        )
+        if resuming and tune.Tuner.can_restore(tune_path, storage_filesystem=sweep.storage.filesystem):
+            tuner = tune.Tuner.restore(tune_path, trainable, storage_filesystem=sweep.storage.filesystem)
+        else:
+            tuner = tune.Tuner(
+                trainable,
+                param_space=param_space(settings),
+                tune_config=tune.TuneConfig(
+                    metric=settings["metric"],
+                    mode=settings["mode"],
+                    num_samples=settings["num_samples"],
+                    scheduler=_scheduler(settings, job["trainer"]["epochs"]),
+                    search_alg=_search_algorithm(settings, at_once),
+                    max_concurrent_trials=at_once,
+                ),
+                run_config=tune.RunConfig(
+                    name=_TUNE_FOLDER,
+                    storage_path=sweep.storage.join(sweep.id),
+                    storage_filesystem=sweep.storage.filesystem,
+                    callbacks=[_Progress(settings, job["trainer"]["epochs"])],
+                    verbose=0,
+                ),
+            )
+        launch.fit(tuner)
+    rows = _close_trials(job, sweep)
+    summary = _summary(job, sweep, rows, time.time() - started)
+    sweep.write_summary(summary)
+    sweep.set_status("COMPLETED")
+    _print_result(summary, rows, settings)
+    return summary
+
+
+def _trial_runs(sweep: Run) -> list[Run]:
+    return [run for run in RunStore(sweep.storage).list() if run.id.startswith(f"{sweep.id}-")]
+
+
+def _close_trials(job: dict, sweep: Run) -> list[dict]:
+    """Mark trials the scheduler stopped as STOPPED, write trials.parquet and return its rows."""
+    settings, epochs = job["sweep"], job["trainer"]["epochs"]
+    metric, pick = settings["metric"], (max if settings["mode"] == "max" else min)
+    rows = []
+    for run in _trial_runs(sweep):
+        history = run.metrics()
+        status = run.status()["status"]
+        if status not in ENDED:  # its trial ended without finishing: the scheduler stopped it
+            reason = (
+                f"stopped early by the {settings['scheduler']['name']} scheduler after epoch {len(history)}"
+                if history
+                else "the trial ended before its first epoch"
+            )
+            status = "STOPPED" if history else "FAILED"
+            run.set_status(status, reason)
+        values = search_space.flatten(run.config())
+        scores = [row[metric] for row in history if row.get(metric) is not None]
+        rows.append(
+            {
+                "trial_id": run.id.removeprefix(f"{sweep.id}-"),
+                "run_id": run.id,
+                **{path: values[path] for path in search_space.flatten(settings["space"])},
+                "status": status,
+                "epochs": len(history),
+                "of_epochs": epochs,
+                f"best_{metric}": pick(scores) if scores else None,
+                f"last_{metric}": scores[-1] if scores else None,
+                "test_accuracy": run.test_metrics()["test_accuracy"] if status == "COMPLETED" else None,
+            }
+        )
+    buffer = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows), buffer)
+    sweep.storage.write_bytes(sweep.storage.join(sweep.id, "trials.parquet"), buffer.getvalue())
+    return rows
+
+
+def _summary(job: dict, sweep: Run, rows: list[dict], seconds: float) -> dict:
+    settings = job["sweep"]
+    metric, pick = settings["metric"], (max if settings["mode"] == "max" else min)
+    scored = [row for row in rows if row[f"best_{metric}"] is not None]
+    best = pick(scored, key=lambda row: row[f"best_{metric}"]) if scored else None
+    return {
+        "sweep_id": sweep.id,
+        "status": "COMPLETED",
+        "metric": metric,
+        "mode": settings["mode"],
+        "trials": len(rows),
+        "completed": sum(row["status"] == "COMPLETED" for row in rows),
+        "stopped_early": sum(row["status"] == "STOPPED" for row in rows),
+        "failed": sum(row["status"] == "FAILED" for row in rows),
+        "trial_epochs": sum(row["epochs"] for row in rows),
+        "budget_epochs": len(rows) * job["trainer"]["epochs"],
+        "best": best
+        and {
+            "trial_id": best["trial_id"],
+            "run_id": best["run_id"],
+            metric: best[f"best_{metric}"],
+            "values": {path: best[path] for path in search_space.flatten(settings["space"])},
+            "status": best["status"],
+            "test_accuracy": best["test_accuracy"],
+        },
+        "wall_seconds": round(seconds, 1),
+    }
+
+
+def _print_result(summary: dict, rows: list[dict], settings: dict) -> None:
+    metric = settings["metric"]
+    print(
+        f"dltrain: sweep {summary['sweep_id']} COMPLETED: {summary['trials']} trials "
+        f"({summary['completed']} completed, "
+        f"{summary['stopped_early']} stopped early, {summary['failed']} failed), {summary['trial_epochs']} of "
+        f"{summary['budget_epochs']} epochs, {summary['wall_seconds']:.0f}s",
+        flush=True,
+    )
+    best = summary["best"]
+    if best is None:
+        raise DltrainError(f"sweep {summary['sweep_id']}: no trial reported {metric}; see the trials' logs")
+    values = "  ".join(f"{path}={_format(value)}" for path, value in best["values"].items())
+    print(f"dltrain: best {metric} {best[metric]:.4f}: {values} -> run {best['run_id']}", flush=True)

@@ -1,0 +1,229 @@
+"""Sweeps: search expressions, validation of search spaces, and real Ray Tune sweeps of real training runs."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from conftest import compose_config
+from s3server import create_bucket
+
+from dltrain.config import resolve
+from dltrain.errors import DltrainError
+from dltrain.search_space import Dimension, flatten, parse
+from dltrain.sweep import param_space, trial_count
+
+TINY = ["dataset.limit=1280", "trainer.batch_size=64"]
+
+
+@pytest.mark.parametrize(
+    ("expression", "dimension"),
+    [
+        ("uniform(0.2, 0.5)", Dimension("uniform", (0.2, 0.5))),
+        ("loguniform(1e-4, 1e-2)", Dimension("loguniform", (1e-4, 1e-2))),
+        ("quniform(1, 9, 2)", Dimension("quniform", (1, 9, 2))),
+        ("randint(1, 4)", Dimension("randint", (1, 4))),
+        ("choice([64, 128, 256])", Dimension("choice", ([64, 128, 256],))),
+        ("choice(['adam', 'sgd'])", Dimension("choice", (["adam", "sgd"],))),
+    ],
+)
+def test_search_expressions_parse(expression, dimension):
+    assert parse(expression) == dimension
+
+
+def test_candidates_span_each_dimension():
+    assert parse("randint(1, 4)").candidates() == [1, 3]  # high is excluded, as in Ray Tune
+    assert parse("loguniform(1e-4, 1e-2)").candidates() == [1e-4, 1e-2]
+    assert parse("choice([[32], [32, 64]])").candidates() == [[32], [32, 64]]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["+sweep.space.trainer.learnin_rate='choice([1])'"], "sweep.space.trainer.learnin_rate: unknown key; valid"),
+        (["sweep.space.model.dropout='choice([])'"], "sweep.space.model.dropout: 'choice([])': choice needs a non-emp"),
+        (["sweep.space.model.dropout='uniform(0.5, 0.2)'"], "sweep.space.model.dropout: 'uniform(0.5, 0.2)': low must"),
+        (["sweep.space.model.dropout='normal(0, 1)'"], "'normal(0, 1)' is not a search expression: expected one of"),
+        (["sweep.space.model.dropout='uniform(0.1)'"], "'uniform(0.1)': expected uniform(low, high)"),
+        (["sweep.space.trainer.learning_rate='loguniform(0, 1)'"], "loguniform needs 0 < low"),
+        (
+            ["sweep.space.trainer.learning_rate='uniform(-1, 1)'"],
+            "a trial would get trainer.learning_rate=-1: trainer.",
+        ),
+        (["sweep.scheduler.name=hyperband"], "sweep.scheduler.name='hyperband' is invalid: expected one of asha, medi"),
+        (["sweep.search.algorithm=anneal"], "sweep.search.algorithm='anneal' is invalid: expected one of random, gr"),
+        (["+sweep.scheduler.patience=3"], "sweep.scheduler.patience: unknown key; valid keys: grace_period, reduction"),
+        (["sweep.metric=f1"], "sweep.metric='f1' is invalid: expected one of val_accuracy, val_loss, accuracy, loss"),
+        (["sweep.scheduler.grace_period=40"], "sweep.scheduler.grace_period=40 exceeds trainer.epochs=30"),
+        (["+sweep.space.storage.uri='choice([\"/tmp\"])'"], "sweep.space.storage.uri: only model, trainer, dataset"),
+        (["sweep.search.algorithm=grid"], "sweep.space.trainer.learning_rate=loguniform(1e-4, 1e-2): a grid sweep ne"),
+        (
+            ["resources.num_workers=4", "sweep.space.trainer.batch_size='choice([64, 126])'"],
+            "trainer.batch_size=126: trainer.batch_size=126 is not divisible by resources.num_workers=4",
+        ),
+    ],
+)
+def test_bad_sweeps_are_rejected_naming_the_key(overrides, message):
+    with pytest.raises(DltrainError) as error:
+        resolve(compose_config("sweep=asha", *overrides))
+    assert message in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_grid_enumerates_every_combination():
+    sweep = resolve(compose_config("sweep=grid", "sweep.num_samples=2"))["sweep"]
+    space = param_space(sweep)
+    assert space == {
+        "trainer.learning_rate": {"grid_search": [0.0003, 0.001, 0.003]},
+        "model.dropout": {"grid_search": [0.2, 0.4]},
+    }
+    assert trial_count(sweep) == 2 * 3 * 2
+
+
+def _dltrain(*args: str, env: dict | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "dltrain", *args], capture_output=True, text=True, timeout=timeout, env=env
+    )
+
+
+def test_a_model_value_that_cannot_build_fails_before_anything_runs(real_data, tmp_path):
+    result = _dltrain(
+        "sweep=asha", "sweep.space.model.dropout='uniform(0.2, 1.5)'", f"dataset.path={real_data}",
+        f"storage.uri={tmp_path}",
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "dltrain: error: sweep.space.model.dropout: a trial would get model.dropout=1.5: model: dropout must be "
+        "in [0, 1), got 1.5"
+    )
+    assert not any(tmp_path.iterdir())
+
+
+def _trial_folders(storage: Path, sweep_id: str) -> list[Path]:
+    return sorted(path for path in storage.iterdir() if path.name.startswith(f"{sweep_id}-"))
+
+
+def _check_trials_table(storage: Path, sweep_id: str, keys: list[str]) -> list[dict]:
+    """trials.parquet agrees with the trials' own run folders; returns its rows."""
+    rows = pq.read_table(storage / sweep_id / "trials.parquet").to_pylist()
+    folders = _trial_folders(storage, sweep_id)
+    assert sorted(row["run_id"] for row in rows) == [folder.name for folder in folders]
+    for row in rows:
+        run = storage / row["run_id"]
+        status = json.loads((run / "status.json").read_text())
+        history = pq.read_table(run / "metrics.parquet").to_pylist()
+        config = yaml.safe_load((run / "config.yaml").read_text())
+        assert row["status"] == status["status"]
+        assert row["epochs"] == len(history) and [h["epoch"] for h in history] == list(range(1, len(history) + 1))
+        assert row["best_val_accuracy"] == max(h["val_accuracy"] for h in history)
+        assert all(row[key] == flatten(config)[key] for key in keys)
+        assert (row["status"] == "COMPLETED") == (run / "summary.json").is_file()
+    return rows
+
+
+@pytest.mark.slow
+def test_asha_sweep_stops_poor_trials_early_and_records_every_trial(real_data, tmp_path):
+    result = _dltrain(
+        "sweep=asha", "sweep.num_samples=4", "trainer.epochs=4", "sweep.scheduler.grace_period=1",
+        "sweep.scheduler.reduction_factor=2", "sweep.space.trainer.batch_size='choice([32, 64])'",
+        f"dataset.path={real_data}", f"storage.uri={tmp_path}", *TINY,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    sweep_id = result.stdout.splitlines()[0].split()[2]
+    keys = ["trainer.learning_rate", "trainer.batch_size", "model.dropout"]
+    rows = _check_trials_table(tmp_path, sweep_id, keys)
+    assert len(rows) == 4 and {row["trial_id"] for row in rows} == {row["run_id"][len(sweep_id) + 1 :] for row in rows}
+    stopped = [row for row in rows if row["status"] == "STOPPED"]
+    assert stopped and all(row["epochs"] < 4 for row in stopped)
+    assert all(row["epochs"] == 4 and row["test_accuracy"] > 0.1 for row in rows if row["status"] == "COMPLETED")
+    for row in stopped:
+        status = json.loads((tmp_path / row["run_id"] / "status.json").read_text())
+        assert status["error"] == f"stopped early by the asha scheduler after epoch {row['epochs']}"
+
+    summary = json.loads((tmp_path / sweep_id / "summary.json").read_text())
+    best = max(rows, key=lambda row: row["best_val_accuracy"])
+    assert summary["best"]["run_id"] == best["run_id"]
+    assert summary["best"]["val_accuracy"] == best["best_val_accuracy"]
+    assert (summary["trials"], summary["trial_epochs"], summary["budget_epochs"]) == (
+        4, sum(row["epochs"] for row in rows), 16,
+    )  # fmt: skip
+    assert json.loads((tmp_path / sweep_id / "status.json").read_text())["status"] == "COMPLETED"
+    assert (tmp_path / sweep_id / "config.yaml").is_file() and (tmp_path / sweep_id / "logs" / "driver.log").is_file()
+    assert "trial  " in result.stdout and "val_accuracy" in result.stdout  # the progress table
+    assert result.stdout.splitlines()[-1].startswith(f"dltrain: best val_accuracy {best['best_val_accuracy']:.4f}: ")
+    assert result.stdout.splitlines()[-1].endswith(f"-> run {best['run_id']}")
+    assert not any(noise in result.stdout for noise in ("Traceback", "I0000", "oneDNN", "View detailed results"))
+
+
+@pytest.mark.slow
+def test_grid_sweep_interrupted_on_the_driver_resumes_to_exactly_the_grid(real_data, tmp_path):
+    args = [
+        "sweep=grid", "sweep.space.trainer.learning_rate='choice([0.001, 0.003])'",
+        "sweep.space.model.dropout='choice([0.2, 0.4])'", "trainer.epochs=3", f"dataset.path={real_data}",
+        f"storage.uri={tmp_path}", *TINY,
+    ]  # fmt: skip
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dltrain", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        sweep_id = process.stdout.readline().split()[2]
+        deadline = time.monotonic() + 600
+        # Wait until Tune has saved its state and a trial has finished an epoch, then kill everything, as a reboot.
+        while not (
+            list((tmp_path / sweep_id / "tune").glob("experiment_state-*.json"))
+            and any((run / "metrics.parquet").is_file() for run in _trial_folders(tmp_path, sweep_id))
+        ):
+            assert time.monotonic() < deadline and process.poll() is None, "the sweep made no progress"
+            time.sleep(1)
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+    finally:
+        process.kill()
+    assert json.loads((tmp_path / sweep_id / "status.json").read_text())["status"] == "RUNNING"
+
+    result = _dltrain(f"resume={sweep_id}", f"storage.uri={tmp_path}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"resuming sweep {sweep_id} (RUNNING)" in result.stdout
+    rows = _check_trials_table(tmp_path, sweep_id, ["trainer.learning_rate", "model.dropout"])
+    grid = sorted((row["trainer.learning_rate"], row["model.dropout"]) for row in rows)
+    assert grid == [(0.001, 0.2), (0.001, 0.4), (0.003, 0.2), (0.003, 0.4)]
+    assert all(row["status"] == "COMPLETED" and row["epochs"] == 3 for row in rows)
+    resumed = [
+        run for run in _trial_folders(tmp_path, sweep_id) if "resumed" in json.loads((run / "status.json").read_text())
+    ]
+    assert resumed  # the interrupted trials continued their own runs
+    summary = json.loads((tmp_path / sweep_id / "summary.json").read_text())
+    assert summary["completed"] == 4 and summary["trial_epochs"] == summary["budget_epochs"] == 12
+
+
+@pytest.mark.slow
+def test_bayes_sweep_writes_its_folder_and_trials_to_s3(s3_session_server, real_data, tmp_path):
+    server = s3_session_server
+    bucket = create_bucket(server)
+    result = _dltrain(
+        "sweep=bayes", "sweep.num_samples=3", "trainer.epochs=2", "storage=s3", f"storage.uri=s3://{bucket}/runs",
+        f"storage.endpoint_url={server.endpoint_url}", f"dataset.path={real_data}", *TINY,
+        env={**os.environ, **server.env()},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    sweep_id = result.stdout.splitlines()[0].split()[2]
+    client = server.client()
+    keys = [item["Key"] for item in client.list_objects_v2(Bucket=bucket, Prefix="runs/")["Contents"]]
+    for name in ("config.yaml", "status.json", "trials.parquet", "summary.json"):
+        assert f"runs/{sweep_id}/{name}" in keys
+    trial_runs = {key.split("/")[1] for key in keys if key.split("/")[1].startswith(f"{sweep_id}-")}
+    assert len(trial_runs) == 3
+    summary = json.loads(client.get_object(Bucket=bucket, Key=f"runs/{sweep_id}/summary.json")["Body"].read())
+    assert summary["trials"] == 3 and summary["best"]["run_id"] in trial_runs
+    assert set(summary["best"]["values"]) == {
+        "trainer.learning_rate", "trainer.batch_size", "model.dropout", "model.dense_units",
+    }  # fmt: skip
+    secret = server.env()["AWS_SECRET_ACCESS_KEY"]
+    assert not any(secret.encode() in client.get_object(Bucket=bucket, Key=key)["Body"].read() for key in keys)
