@@ -5,6 +5,7 @@ import logging
 import math
 import os
 import queue
+import socket
 import tempfile
 import threading
 import time
@@ -31,6 +32,21 @@ TRIAL_CPUS = 0.01  # what a sweep's trial (which only starts its workers) reserv
 
 
 @contextlib.contextmanager
+def _environment(**values: str) -> Iterator[None]:
+    """Set environment variables in this block (processes started in it inherit them), then restore them."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+@contextlib.contextmanager
 def _loopback_only() -> Iterator[None]:
     """Keep a Ray started in this block on 127.0.0.1.
 
@@ -39,24 +55,37 @@ def _loopback_only() -> Iterator[None]:
     clusters) its node address and all its servers stay on loopback. Ray's Python side reads the switch when
     `ray` is imported, so the already-imported constant is set too.
     """
-    saved = os.environ.get(ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR), ray_constants.ENABLE_RAY_CLUSTER
-    os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = "0"
+    saved = ray_constants.ENABLE_RAY_CLUSTER
     ray_constants.ENABLE_RAY_CLUSTER = False
     try:
-        yield
+        with _environment(**{ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR: "0"}):
+            yield
     finally:
-        if saved[0] is None:
-            os.environ.pop(ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR, None)
-        else:
-            os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = saved[0]
-        ray_constants.ENABLE_RAY_CLUSTER = saved[1]
+        ray_constants.ENABLE_RAY_CLUSTER = saved
 
 
 @contextlib.contextmanager
-def ray_connection(address: str | None) -> Iterator[None]:
+def _known_address() -> Iterator[None]:
+    """Start a Ray in this block on a GCS port chosen here, and tell its processes that address (RAY_ADDRESS).
+
+    Ray's state API, which Ray Train V2 asks whether a stopped trial's controller is gone before it frees that
+    trial's workers, finds its cluster through RAY_ADDRESS or by looking for GCS processes on the machine; with
+    two Ray instances there (two dltrain commands) that look-up fails, and the workers would never be freed.
+    """
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with _environment(**{ray_constants.GCS_PORT_ENVIRONMENT_VARIABLE: str(port), "RAY_ADDRESS": f"127.0.0.1:{port}"}):
+        yield
+
+
+@contextlib.contextmanager
+def ray_connection(address: str | None, dashboard: bool = False) -> Iterator[None]:
     """Use the Ray already initialised, else the given cluster ($RAY_ADDRESS), else an embedded local Ray.
 
-    The embedded Ray listens and talks on 127.0.0.1 only, and is shut down on exit.
+    The embedded Ray listens and talks on 127.0.0.1 only, and is shut down on exit. Sweeps need its `dashboard`
+    (on 127.0.0.1): Ray Train V2 asks its state API whether a stopped trial's controller is gone before it frees
+    that trial's workers.
     """
     if ray.is_initialized():
         yield
@@ -68,8 +97,9 @@ def ray_connection(address: str | None) -> Iterator[None]:
             ray.init(address=address, **quiet)
         else:
             stack.enter_context(_loopback_only())
+            stack.enter_context(_known_address())
             # address="local" always starts a new Ray: a stale /tmp/ray/ray_current_cluster cannot make it hang.
-            ray.init(address="local", include_dashboard=False, **quiet)
+            ray.init(address="local", include_dashboard=dashboard, **quiet)
         try:
             yield
         finally:

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule, TrialScheduler
 from ray.tune.search import BasicVariantGenerator
 
 from dltrain import launch, search_space
@@ -71,17 +71,40 @@ def trial_count(sweep: dict) -> int:
     return sweep["num_samples"] * math.prod(len(d.candidates()) for d in _dimensions(sweep).values())
 
 
+class _SparesLastEpoch:
+    """A scheduler that never stops a trial on its last epoch: the trial's test evaluation and final model come
+    after that epoch's report, and a stop then would lose them."""
+
+    def __init__(self, last_epoch: int, **settings: Any):
+        super().__init__(**settings)
+        self.last_epoch = last_epoch
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        decision = super().on_trial_result(tune_controller, trial, result)
+        return TrialScheduler.CONTINUE if result.get(_TIME, 0) >= self.last_epoch else decision
+
+
+class _ASHA(_SparesLastEpoch, ASHAScheduler):
+    pass
+
+
+class _Median(_SparesLastEpoch, MedianStoppingRule):
+    pass
+
+
 def _scheduler(sweep: dict, epochs: int) -> Any:
     settings = sweep["scheduler"]
     if settings["name"] == "asha":
-        return ASHAScheduler(
+        return _ASHA(
+            epochs,
             time_attr=_TIME,
             max_t=epochs,
             grace_period=settings["grace_period"],
             reduction_factor=settings["reduction_factor"],
         )
     if settings["name"] == "median":
-        return MedianStoppingRule(
+        return _Median(
+            epochs,
             time_attr=_TIME,
             grace_period=settings["grace_period"],
             min_samples_required=settings["min_samples_required"],
@@ -135,22 +158,27 @@ class _Progress(tune.Callback):
             self._printed_at, self._changed = time.monotonic(), False
             print(self.table(trials), flush=True)
 
+    def _status(self, trial: Any) -> str:
+        """Tune's status, with a finished trial told apart from one the scheduler stopped."""
+        if trial.status != "TERMINATED":
+            return trial.status
+        return "COMPLETED" if trial.last_result.get(_TIME) == self.epochs else "STOPPED"
+
     def table(self, trials: list) -> str:
         """Trial id, Tune status, epochs, metric and sampled values, one line per trial."""
-        counts: dict[str, int] = {}
-        for trial in trials:
-            counts[trial.status] = counts.get(trial.status, 0) + 1
-        lines = [f"trials: {', '.join(f'{n} {status}' for status, n in sorted(counts.items()))}"]
+        statuses = [self._status(trial) for trial in trials]
+        counts = {status: statuses.count(status) for status in sorted(set(statuses))}
+        lines = [f"trials: {', '.join(f'{n} {status}' for status, n in counts.items())}"]
         header = ["trial", "status", "epoch", self.metric, *self.paths]
         rows = [
             [
                 trial.trial_id,
-                trial.status,
+                status,
                 str(trial.last_result.get(_TIME, "")),
                 _format(trial.last_result.get(self.metric)),
                 *(_format(trial.config.get(path)) for path in self.paths),
             ]
-            for trial in trials
+            for trial, status in zip(trials, statuses, strict=True)
         ]
         widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
         lines += [
@@ -182,72 +210,95 @@ def run_sweep(job: dict, sweep: Run, resuming: bool) -> dict:
     settings = job["sweep"]
     trials = trial_count(settings)
     at_once = min(settings["max_concurrent_trials"], trials)
-    tune_path = sweep.storage.join(sweep.id, _TUNE_FOLDER)
     started = time.time()
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # Tune's legacy console output, which verbose=0 silences: _Progress reports
-    with launch.recorded(sweep), launch.ray_connection(job["ray"]["address"]):
-        per_worker = launch.worker_resources(job["resources"], at_once)
-        sweep.set_status("RUNNING")
-        print(
-            f"dltrain: {trials} trials of {settings['metric']} ({settings['mode']}), {at_once} at a time, each "
-            f"{job['resources']['num_workers']} worker(s) x {per_worker}",
-            flush=True,
-        )
-        trainable = tune.with_resources(
-            tune.with_parameters(_trial, job=job, sweep_id=sweep.id, per_worker=per_worker),
-            {"CPU": launch.TRIAL_CPUS},
-        )
-        if resuming and tune.Tuner.can_restore(tune_path, storage_filesystem=sweep.storage.filesystem):
-            tuner = tune.Tuner.restore(tune_path, trainable, storage_filesystem=sweep.storage.filesystem)
-        else:
-            tuner = tune.Tuner(
-                trainable,
-                param_space=param_space(settings),
-                tune_config=tune.TuneConfig(
-                    metric=settings["metric"],
-                    mode=settings["mode"],
-                    num_samples=settings["num_samples"],
-                    scheduler=_scheduler(settings, job["trainer"]["epochs"]),
-                    search_alg=_search_algorithm(settings, at_once),
-                    max_concurrent_trials=at_once,
-                ),
-                run_config=tune.RunConfig(
-                    name=_TUNE_FOLDER,
-                    storage_path=sweep.storage.join(sweep.id),
-                    storage_filesystem=sweep.storage.filesystem,
-                    callbacks=[_Progress(settings, job["trainer"]["epochs"])],
-                    verbose=0,
-                ),
-            )
-        launch.fit(tuner)
-    rows = _close_trials(job, sweep)
-    summary = _summary(job, sweep, rows, time.time() - started)
-    sweep.write_summary(summary)
-    sweep.set_status("COMPLETED")
-    _print_result(summary, rows, settings)
+    with launch.recorded(sweep):
+        try:
+            with launch.ray_connection(job["ray"]["address"], dashboard=True):
+                _tune(job, sweep, trials, at_once, resuming)
+        except KeyboardInterrupt:
+            _close_unfinished(sweep, settings, interrupted=True)
+            raise
+        _close_unfinished(sweep, settings, interrupted=False)
+        rows = _trials_table(job, sweep)
+        summary = _summary(job, sweep, rows, time.time() - started)
+        if summary["best"] is None:
+            raise DltrainError(f"sweep {sweep.id}: no trial reported {settings['metric']}; see the trials' logs")
+        sweep.write_summary(summary)
+        sweep.set_status("COMPLETED")
+    _print_result(summary)
     return summary
+
+
+def _tune(job: dict, sweep: Run, trials: int, at_once: int, resuming: bool) -> None:
+    """Run the trials with Ray Tune on the connected Ray, continuing Tune's saved state when resuming."""
+    settings = job["sweep"]
+    per_worker = launch.worker_resources(job["resources"], at_once)
+    sweep.set_status("RUNNING")
+    print(
+        f"dltrain: {trials} trials of {settings['metric']} ({settings['mode']}), {at_once} at a time, each "
+        f"{job['resources']['num_workers']} worker(s) x {per_worker}",
+        flush=True,
+    )
+    trainable = tune.with_resources(
+        tune.with_parameters(_trial, job=job, sweep_id=sweep.id, per_worker=per_worker),
+        {"CPU": launch.TRIAL_CPUS},
+    )
+    tune_path = sweep.storage.join(sweep.id, _TUNE_FOLDER)
+    if resuming and tune.Tuner.can_restore(tune_path, storage_filesystem=sweep.storage.filesystem):
+        tuner = tune.Tuner.restore(tune_path, trainable, storage_filesystem=sweep.storage.filesystem)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space=param_space(settings),
+            tune_config=tune.TuneConfig(
+                metric=settings["metric"],
+                mode=settings["mode"],
+                num_samples=settings["num_samples"],
+                scheduler=_scheduler(settings, job["trainer"]["epochs"]),
+                search_alg=_search_algorithm(settings, at_once),
+                max_concurrent_trials=at_once,
+            ),
+            run_config=tune.RunConfig(
+                name=_TUNE_FOLDER,
+                storage_path=sweep.storage.join(sweep.id),
+                storage_filesystem=sweep.storage.filesystem,
+                callbacks=[_Progress(settings, job["trainer"]["epochs"])],
+                verbose=0,
+            ),
+        )
+    launch.fit(tuner)
 
 
 def _trial_runs(sweep: Run) -> list[Run]:
     return [run for run in RunStore(sweep.storage).list() if run.id.startswith(f"{sweep.id}-")]
 
 
-def _close_trials(job: dict, sweep: Run) -> list[dict]:
-    """Mark trials the scheduler stopped as STOPPED, write trials.parquet and return its rows."""
+def _close_unfinished(sweep: Run, settings: dict, interrupted: bool) -> None:
+    """Mark the trial runs that ended without finishing: STOPPED when the sweep was interrupted or the scheduler
+    stopped them (after at least one epoch), FAILED when they ended before their first epoch."""
+    for run in _trial_runs(sweep):
+        if run.status()["status"] in ENDED:
+            continue
+        epochs = len(run.metrics())
+        if interrupted:
+            run.set_status("STOPPED", f"the sweep was interrupted; resume={sweep.id} continues it")
+        elif epochs:
+            run.set_status(
+                "STOPPED", f"stopped early by the {settings['scheduler']['name']} scheduler after epoch {epochs}"
+            )
+        else:
+            run.set_status("FAILED", "the trial ended before its first epoch")
+
+
+def _trials_table(job: dict, sweep: Run) -> list[dict]:
+    """Write trials.parquet, one row per trial from its run folder, and return its rows."""
     settings, epochs = job["sweep"], job["trainer"]["epochs"]
     metric, pick = settings["metric"], (max if settings["mode"] == "max" else min)
     rows = []
     for run in _trial_runs(sweep):
         history = run.metrics()
         status = run.status()["status"]
-        if status not in ENDED:  # its trial ended without finishing: the scheduler stopped it
-            reason = (
-                f"stopped early by the {settings['scheduler']['name']} scheduler after epoch {len(history)}"
-                if history
-                else "the trial ended before its first epoch"
-            )
-            status = "STOPPED" if history else "FAILED"
-            run.set_status(status, reason)
         values = search_space.flatten(run.config())
         scores = [row[metric] for row in history if row.get(metric) is not None]
         rows.append(
@@ -298,17 +349,13 @@ def _summary(job: dict, sweep: Run, rows: list[dict], seconds: float) -> dict:
     }
 
 
-def _print_result(summary: dict, rows: list[dict], settings: dict) -> None:
-    metric = settings["metric"]
+def _print_result(summary: dict) -> None:
     print(
         f"dltrain: sweep {summary['sweep_id']} COMPLETED: {summary['trials']} trials "
-        f"({summary['completed']} completed, "
-        f"{summary['stopped_early']} stopped early, {summary['failed']} failed), {summary['trial_epochs']} of "
-        f"{summary['budget_epochs']} epochs, {summary['wall_seconds']:.0f}s",
+        f"({summary['completed']} completed, {summary['stopped_early']} stopped early, {summary['failed']} failed), "
+        f"{summary['trial_epochs']} of {summary['budget_epochs']} epochs, {summary['wall_seconds']:.0f}s",
         flush=True,
     )
-    best = summary["best"]
-    if best is None:
-        raise DltrainError(f"sweep {summary['sweep_id']}: no trial reported {metric}; see the trials' logs")
+    best, metric = summary["best"], summary["metric"]
     values = "  ".join(f"{path}={_format(value)}" for path, value in best["values"].items())
     print(f"dltrain: best {metric} {best[metric]:.4f}: {values} -> run {best['run_id']}", flush=True)
