@@ -209,19 +209,19 @@ def check_model(job: dict, driver_log: Path | None) -> int:
     return model.count_params()
 
 
-def fit(fittable: Any) -> Any:
-    """`fittable.fit()` (a Ray trainer or Tune tuner) in a thread, so that Ctrl-C reaches the driver as
-    KeyboardInterrupt; returns what fit returns.
+def fit(fittable: Any) -> None:
+    """Run `fittable.fit()` (a Ray trainer or a Tune tuner) in a thread, so that Ctrl-C reaches the driver as
+    KeyboardInterrupt.
 
     (In the main thread, Ray Train installs its own SIGINT handler, which ends the process with SystemExit.)
     Leaving `ray_connection` then stops the workers: the embedded Ray shuts down, and a cluster's Ray Train
     controller dies with the driver that owns it.
     """
-    outcome: dict[str, Any] = {}
+    outcome: dict[str, BaseException] = {}
 
     def run() -> None:
         try:
-            outcome["result"] = fittable.fit()
+            fittable.fit()
         except BaseException as error:  # handed to the main thread
             outcome["error"] = error
 
@@ -231,7 +231,6 @@ def fit(fittable: Any) -> Any:
         thread.join(timeout=0.5)
     if "error" in outcome:
         raise outcome["error"]
-    return outcome["result"]
 
 
 def _describe(error: Exception) -> str:

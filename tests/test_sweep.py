@@ -17,7 +17,7 @@ from s3server import create_bucket
 from dltrain.config import resolve
 from dltrain.errors import DltrainError
 from dltrain.search_space import Dimension, flatten, parse
-from dltrain.sweep import param_space, trial_count
+from dltrain.sweep import _scheduler, param_space, trial_count
 
 TINY = ["dataset.limit=1280", "trainer.batch_size=64"]
 
@@ -84,6 +84,22 @@ def test_grid_enumerates_every_combination():
         "model.dropout": {"grid_search": [0.2, 0.4]},
     }
     assert trial_count(sweep) == 2 * 3 * 2
+
+
+@pytest.mark.parametrize(
+    ("name", "settings", "kind"),
+    [
+        ("asha", ["sweep.scheduler.grace_period=2"], "AsyncHyperBandScheduler"),
+        ("median", ["~sweep.scheduler.reduction_factor", "sweep.scheduler.grace_period=2",
+                    "+sweep.scheduler.min_samples_required=3"], "MedianStoppingRule"),
+        ("fifo", ["~sweep.scheduler.reduction_factor", "~sweep.scheduler.grace_period"], "FIFOScheduler"),
+    ],
+)  # fmt: skip
+def test_each_scheduler_is_built_from_its_settings(name, settings, kind):
+    sweep = resolve(compose_config("sweep=asha", f"sweep.scheduler.name={name}", *settings, "trainer.epochs=8"))
+    scheduler = _scheduler(sweep["sweep"], 8)
+    assert kind in [cls.__name__ for cls in type(scheduler).__mro__]
+    assert getattr(scheduler, "last_epoch", 8) == 8  # early-stopping schedulers spare every trial's last epoch
 
 
 def _dltrain(*args: str, env: dict | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
