@@ -181,7 +181,7 @@ def test_asha_sweep_stops_poor_trials_early_and_records_every_trial(real_data, t
 def test_grid_sweep_interrupted_on_the_driver_resumes_to_exactly_the_grid(real_data, tmp_path):
     args = [
         "sweep=grid", "sweep.space.trainer.learning_rate='choice([0.001, 0.003])'",
-        "sweep.space.model.dropout='choice([0.2, 0.4])'", "trainer.epochs=3", f"dataset.path={real_data}",
+        "sweep.space.model.dropout='choice([0.2, 0.4])'", "trainer.epochs=2", f"dataset.path={real_data}",
         f"storage.uri={tmp_path}", *TINY,
     ]  # fmt: skip
     process = subprocess.Popen(
@@ -210,26 +210,27 @@ def test_grid_sweep_interrupted_on_the_driver_resumes_to_exactly_the_grid(real_d
     rows = _check_trials_table(tmp_path, sweep_id, ["trainer.learning_rate", "model.dropout"])
     grid = sorted((row["trainer.learning_rate"], row["model.dropout"]) for row in rows)
     assert grid == [(0.001, 0.2), (0.001, 0.4), (0.003, 0.2), (0.003, 0.4)]
-    assert all(row["status"] == "COMPLETED" and row["epochs"] == 3 for row in rows)
+    assert all(row["status"] == "COMPLETED" and row["epochs"] == 2 for row in rows)
     resumed = [
         run for run in _trial_folders(tmp_path, sweep_id) if "resumed" in json.loads((run / "status.json").read_text())
     ]
     assert resumed  # the interrupted trials continued their own runs
     summary = json.loads((tmp_path / sweep_id / "summary.json").read_text())
-    assert summary["completed"] == 4 and summary["trial_epochs"] == summary["budget_epochs"] == 12
+    assert summary["completed"] == 4 and summary["trial_epochs"] == summary["budget_epochs"] == 8
 
 
 @pytest.mark.slow
-def test_bayes_sweep_writes_its_folder_and_trials_to_s3(s3_session_server, real_data, tmp_path):
+def test_bayes_sweep_of_two_worker_trials_writes_its_folder_and_trials_to_s3(s3_session_server, real_data, tmp_path):
     server = s3_session_server
     bucket = create_bucket(server)
     result = _dltrain(
-        "sweep=bayes", "sweep.num_samples=3", "trainer.epochs=2", "storage=s3", f"storage.uri=s3://{bucket}/runs",
-        f"storage.endpoint_url={server.endpoint_url}", f"dataset.path={real_data}", *TINY,
-        env={**os.environ, **server.env()},
+        "sweep=bayes", "sweep.num_samples=3", "trainer.epochs=2", "resources.num_workers=2", "storage=s3",
+        f"storage.uri=s3://{bucket}/runs", f"storage.endpoint_url={server.endpoint_url}", f"dataset.path={real_data}",
+        *TINY, env={**os.environ, **server.env()},
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     sweep_id = result.stdout.splitlines()[0].split()[2]
+    assert "each 2 worker(s) x {'CPU': 0.49}" in result.stdout  # 2 trials at once share the 2 CPUs
     client = server.client()
     keys = [item["Key"] for item in client.list_objects_v2(Bucket=bucket, Prefix="runs/")["Contents"]]
     for name in ("config.yaml", "status.json", "trials.parquet", "summary.json"):
@@ -238,6 +239,9 @@ def test_bayes_sweep_writes_its_folder_and_trials_to_s3(s3_session_server, real_
     assert len(trial_runs) == 3
     summary = json.loads(client.get_object(Bucket=bucket, Key=f"runs/{sweep_id}/summary.json")["Body"].read())
     assert summary["trials"] == 3 and summary["best"]["run_id"] in trial_runs
+    for run_id in trial_runs:  # every trial trained on two workers, each keeping its own log
+        logs = [key.split("/")[-1] for key in keys if key.startswith(f"runs/{run_id}/logs/worker-")]
+        assert {name.split("-pid")[0] for name in logs} == {"worker-0", "worker-1"}
     assert set(summary["best"]["values"]) == {
         "trainer.learning_rate", "trainer.batch_size", "model.dropout", "model.dense_units",
     }  # fmt: skip
