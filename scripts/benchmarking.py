@@ -1,6 +1,7 @@
 """Shared parts of the benchmark scripts: running a command while sampling its memory, running dltrain and
 plain Keras, reading a run folder, and the one-line JSON summary every script prints."""
 
+import bisect
 import contextlib
 import itertools
 import json
@@ -12,15 +13,15 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 SCRIPTS = Path(__file__).resolve().parent
 REPO = SCRIPTS.parent
 # The shared copy of the real data next to the checkout, as the tests use it; never downloaded by a benchmark.
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "fashion-mnist"
-# How often the process tree's memory is sampled: often enough to catch start-up peaks, cheap on 2 cores.
-MEMORY_SAMPLE_SECONDS = 0.25
+# How often the process tree is sampled: often enough to catch start-up memory peaks, cheap on 2 cores.
+SAMPLE_SECONDS = 0.25
 
 
 def _psutil():
@@ -42,32 +43,59 @@ def environment(**extra: str) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, paths)), **extra}
 
 
-class PeakMemory:
-    """Samples the summed RSS of a process and all its descendants (Ray's GCS, raylet and workers included)."""
+class TreeSampler:
+    """Samples a process and all its descendants (Ray's GCS, raylet, actors and workers included): the peak of
+    their summed RSS, and their summed CPU time over time (an ended process keeps its last reading).
+
+    CPU seconds measure the work done whatever else shares the cores, so they compare runs taken under
+    different load; wall seconds do not."""
 
     def __init__(self, pid: int):
         self.psutil = _psutil()
         self.root = self.psutil.Process(pid)
         self.peak_bytes = 0
+        self.cpu_series: list[tuple[float, float]] = []  # (epoch seconds, CPU seconds of the tree so far)
+        self._cpu_by_pid: dict[int, float] = {}
+        # Per process: its latest name (Ray renames its workers, e.g. ray::TrainController) and niceness, when it
+        # was first seen (epoch seconds) and its CPU-time samples.
+        self.processes: dict[int, dict] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
-    def _tree_rss(self) -> int:
-        total = 0
+    def _read_tree(self) -> None:
+        rss = 0
         for process in [self.root, *self.root.children(recursive=True)]:
             with contextlib.suppress(self.psutil.Error):  # ended between listing and reading
-                total += process.memory_info().rss
-        return total
+                with process.oneshot():
+                    rss += process.memory_info().rss
+                    times = process.cpu_times()
+                    name, nice = process.name(), process.nice()
+                self._cpu_by_pid[process.pid] = times.user + times.system
+                record = self.processes.setdefault(process.pid, {"first_seen": time.time(), "samples": []})
+                record["name"], record["nice"] = name, nice
+                record["samples"].append((time.time(), times.user + times.system))
+        self.peak_bytes = max(self.peak_bytes, rss)
+        self.cpu_series.append((time.time(), sum(self._cpu_by_pid.values())))
 
     def _sample(self) -> None:
         while not self._stop.is_set():
             try:
-                self.peak_bytes = max(self.peak_bytes, self._tree_rss())
+                self._read_tree()
             except self.psutil.Error:
                 return
-            self._stop.wait(MEMORY_SAMPLE_SECONDS)
+            self._stop.wait(SAMPLE_SECONDS)
 
-    def __enter__(self) -> "PeakMemory":
+    def cpu_seconds_at(self, moment: float, samples: list[tuple[float, float]] | None = None) -> float:
+        """CPU seconds up to `moment` of the tree (or of one process's `samples`), interpolated."""
+        samples = self.cpu_series if samples is None else samples
+        if moment <= samples[0][0]:
+            return 0.0 if samples is not self.cpu_series else samples[0][1]
+        times = [sample[0] for sample in samples]
+        index = min(bisect.bisect_left(times, moment), len(times) - 1)
+        (t0, c0), (t1, c1) = samples[max(index - 1, 0)], samples[index]
+        return c0 + (c1 - c0) * min(max(moment - t0, 0), t1 - t0) / (t1 - t0) if t1 > t0 else c1
+
+    def __enter__(self) -> "TreeSampler":
         self._thread.start()
         return self
 
@@ -78,29 +106,34 @@ class PeakMemory:
 
 @dataclass
 class Completed:
-    """One finished command: when it started (epoch seconds), how long it ran, its peak memory and output."""
+    """One finished command: when it started (epoch seconds), how long it ran, its peak memory and output, and
+    its tree's CPU-time samples."""
 
     command: list[str]
     started: float
     wall_seconds: float
     peak_rss_mib: float
     output: str
-    extra: dict = field(default_factory=dict)
+    tree: TreeSampler
+
+    def cpu_seconds_between(self, start: float, end: float) -> float:
+        """CPU seconds the whole process tree used between two wall-clock moments (epoch seconds)."""
+        return self.tree.cpu_seconds_at(end) - self.tree.cpu_seconds_at(start)
 
 
 def run_command(command: list[str], env: dict[str, str] | None = None) -> Completed:
-    """Run `command` from the repository root, sampling its process tree's memory; raise if it fails."""
+    """Run `command` from the repository root, sampling its process tree; raise if it fails."""
     started = time.time()
     with tempfile.TemporaryFile("w+") as output:
         process = subprocess.Popen(command, cwd=REPO, env=env or environment(), stdout=output, stderr=subprocess.STDOUT)
-        with PeakMemory(process.pid) as memory:
+        with TreeSampler(process.pid) as tree:
             process.wait()
         wall = time.time() - started
         output.seek(0)
         text = output.read()
     if process.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} exited with {process.returncode}:\n{text[-3000:]}")
-    return Completed(command, started, wall, memory.peak_bytes / 2**20, text)
+    return Completed(command, started, wall, tree.peak_bytes / 2**20, text, tree)
 
 
 def dltrain_command(*overrides: str) -> list[str]:
@@ -156,14 +189,20 @@ def steady(values: list[float]) -> list[float]:
     return values[1:] or values
 
 
-def steady_epoch_seconds(times: dict) -> list[float]:
-    """Seconds from each epoch's start to the next one's (the last: to the end of training), epoch 1 excluded.
+def steady_epochs(times: dict) -> list[tuple[float, float]]:
+    """(start, end) wall-clock moments of every epoch but the first, from a Timeline file's `times`: each epoch
+    runs from its start to the next one's (the last: to the end of training).
 
-    These intervals include everything a user waits for per epoch: training, validation and the epoch-end
-    callbacks (dltrain's checkpoint, TensorBoard and log uploads).
+    These spans hold everything a user waits for per epoch: training, validation and the epoch-end callbacks
+    (dltrain's checkpoint, TensorBoard and log uploads).
     """
     starts = times["epoch_begin"] + [times["train_end"]]
-    return [later - earlier for earlier, later in itertools.pairwise(starts[1:])]
+    return list(itertools.pairwise(starts[1:]))
+
+
+def steady_epoch_seconds(times: dict) -> list[float]:
+    """Wall seconds of every epoch but the first (see `steady_epochs`)."""
+    return [end - start for start, end in steady_epochs(times)]
 
 
 def machine() -> dict:
