@@ -114,7 +114,6 @@ def main() -> None:
                 results[name].append(runner(args, folder))
                 print(f"{name} #{repetition + 1}: {json.dumps(results[name][-1])}", flush=True)
     summaries = {name: _summarise(runs) for name, runs in results.items()}
-    runners = list(runners)
     bench.emit(
         {
             "benchmark": "overhead",
@@ -123,7 +122,11 @@ def main() -> None:
             "global_batch": args.batch_size,
             "limit": args.limit or None,
             **summaries,
-            "versus_plain_keras": {name: _versus(summaries[name], summaries["plain_keras"]) for name in runners[1:]},
+            "versus_plain_keras": {
+                name: _versus(summary, summaries["plain_keras"])
+                for name, summary in summaries.items()
+                if name != "plain_keras"
+            },
             "load_average_before": load_before,
             "load_average_after": bench.load_average(),
             "machine": bench.machine(),
