@@ -4,7 +4,8 @@ Same data, split, model and hyperparameters as `python -m dltrain model=fashion`
 
     python scripts/plain_keras.py --data ../shared/data/fashion-mnist --epochs 30
 
-Prints one JSON line at the end: test accuracy and loss, wall and per-epoch seconds.
+Prints one JSON line at the end: test accuracy and loss, wall and per-epoch seconds. `--timeline FILE` records
+the wall-clock times of the first step and every epoch (scripts/timeline.py) for the benchmarks.
 """
 
 import argparse
@@ -12,6 +13,7 @@ import json
 import time
 
 import keras
+from timeline import Timeline
 
 from dltrain.data import fashion_mnist
 from dltrain.data.pipeline import train_validation_split
@@ -37,6 +39,9 @@ def main() -> None:
     parser.add_argument("--learning-rate", type=float, default=0.001)
     parser.add_argument("--limit", type=int, default=None, help="use only the first N training images")
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--timeline", default=None, help="write the first step's and each epoch's times here")
+    # Keras 3's own default: XLA where the model supports it, as a user calling fit() gets.
+    parser.add_argument("--jit-compile", choices=["auto", "true", "false"], default="auto")
     args = parser.parse_args()
 
     started = time.perf_counter()
@@ -48,15 +53,17 @@ def main() -> None:
         optimizer=keras.optimizers.Adam(args.learning_rate),
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
+        jit_compile={"auto": "auto", "true": True, "false": False}[args.jit_compile],
     )
     timer = _EpochTimer()
+    callbacks = [timer, *([Timeline(args.timeline)] if args.timeline else [])]
     model.fit(
         train.images / 255.0,
         train.labels,
         batch_size=args.batch_size,
         epochs=args.epochs,
         validation_data=(validation.images / 255.0, validation.labels),
-        callbacks=[timer],
+        callbacks=callbacks,
         verbose=2,
     )
     test_loss, test_accuracy = model.evaluate(test_images / 255.0, test_labels, verbose=0)
@@ -70,6 +77,7 @@ def main() -> None:
                 "test_loss": round(test_loss, 4),
                 "wall_seconds": round(time.perf_counter() - started, 1),
                 "steady_epoch_seconds": round(sum(steady) / len(steady), 2),
+                "jit_compile": model.jit_compile,
             }
         )
     )

@@ -110,6 +110,7 @@ def test_run_folder_holds_the_whole_run(one_and_two_workers):
     rows = run.metrics()
     assert [row["epoch"] for row in rows] == [1, 2]
     assert {"loss", "accuracy", "val_loss", "val_accuracy", "seconds", "samples_per_second"} <= set(rows[0])
+    assert all(row["checkpoint_seconds"] > 0 for row in rows)  # measured in every epoch (a NaN fails here)
     assert sorted(p.name for p in (folder / "checkpoints").iterdir()) == ["epoch-0001", "epoch-0002"]
     model = keras.models.load_model(folder / "model" / "model.keras")
     assert model.output_shape == (None, 10)

@@ -6,9 +6,11 @@ TensorBoard events and the final model; every worker keeps its own log in the ru
 """
 
 import json
+import math
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import keras
@@ -56,14 +58,21 @@ def _restore(model: keras.Model) -> int:
 
 
 class _RayReport(keras.callbacks.Callback):
-    """Each epoch: history row and checkpoint (rank 0), upload events and logs, and report the metrics to Ray."""
+    """Each epoch: history row and checkpoint (rank 0), upload events and logs, and report the metrics to Ray.
+
+    The row gets `checkpoint_seconds`: the time all of that took rank 0 (the history row, the model save, Ray's
+    persistence of the checkpoint into the run folder, the TensorBoard and log uploads), so users see what
+    checkpointing costs next to the epoch's `seconds`.
+    """
 
     def __init__(self, run: Run, stage: Path, rank: int, log_file: Path):
         super().__init__()
         self.run, self.stage, self.rank, self.log_file = run, stage, rank, log_file
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        metrics = {"epoch": epoch + 1, **(logs or {})}
+        started = time.perf_counter()
+        # NaN until measured: a worker that dies before the row's update below leaves it "not measured".
+        metrics = {"epoch": epoch + 1, **(logs or {}), "checkpoint_seconds": math.nan}
         checkpoint = None
         if self.rank == 0:
             # The history row is stored before its checkpoint, so no checkpointed epoch lacks one.
@@ -77,10 +86,12 @@ class _RayReport(keras.callbacks.Callback):
             self.run.storage.upload(self.stage / "tensorboard", f"{self.run.path}/tensorboard")
         self.run.storage.upload(self.log_file.parent, f"{self.run.path}/logs")
         ray.train.report(
-            metrics,
+            {key: value for key, value in metrics.items() if key != "checkpoint_seconds"},
             checkpoint=checkpoint,
             checkpoint_dir_name=f"checkpoints/epoch-{epoch + 1:04d}",
         )
+        if self.rank == 0:
+            self.run.record_epoch(metrics | {"checkpoint_seconds": time.perf_counter() - started})
 
 
 def _train(job: dict, run: Run, stage: Path, log_file: Path) -> None:

@@ -1,0 +1,95 @@
+"""Can dltrain's input pipeline feed training? Samples per second of the data pipeline alone
+(`dltrain.data.pipeline.train_batches` for one epoch, iterated as a worker iterates it: the epoch's seeded
+shuffle, this worker's slices, scaling, prefetch) versus samples per second of dltrain's training steps alone
+(`DistributedLoop` on one batch already in memory, so no input pipeline at all). Alternated, in one process.
+Target: the pipeline delivers >= 5x what training consumes.
+
+    python scripts/bench_pipeline.py                                  # 2 epochs of 54,000 images, ~1 min
+    python scripts/bench_pipeline.py --repetitions 5 --workers 2      # worker 0 of 2 (half of every batch)
+
+Prints one JSON line at the end.
+"""
+
+import argparse
+import time
+from pathlib import Path
+
+import benchmarking as bench
+
+# The reference recipe's global batch.
+DEFAULT_BATCH = 128
+# Training steps timed per repetition: ~100 steps is a few seconds on 2 cores, well past tracing.
+DEFAULT_STEPS = 100
+# Alternating pipeline / training measurements.
+DEFAULT_REPETITIONS = 2
+TARGET = 5.0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=bench.DEFAULT_DATA, help="folder with the four .gz files")
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH, help="global batch")
+    parser.add_argument("--workers", type=int, default=1, help="measure worker 0 of this many (its share of a batch)")
+    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="training steps timed per repetition")
+    parser.add_argument("--repetitions", type=int, default=DEFAULT_REPETITIONS)
+    parser.add_argument("--output", type=Path, default=None, help="also write the JSON line to this file")
+    args = parser.parse_args()
+
+    import tensorflow as tf
+
+    from dltrain.data import fashion_mnist
+    from dltrain.data.pipeline import train_batches, train_validation_split
+    from dltrain.engine.loop import DistributedLoop
+    from dltrain.models.cnn import build_cnn
+
+    load_before = bench.load_average()
+    seed = 42  # the default trainer.seed
+    (images, labels), _ = fashion_mnist.load(fashion_mnist.prepare(str(args.data), ""))
+    train, _ = train_validation_split(images, labels, 0.1, seed)
+
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()  # as a lone worker builds it (no TF_CONFIG)
+    with strategy.scope():
+        model = build_cnn(fashion_mnist.INPUT_SHAPE, len(fashion_mnist.CLASS_NAMES))
+        model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    # Training alone: DistributedLoop.fit over one batch repeated (the worker's share of a global batch, as on
+    # worker 0 of N), so its samples/s are what the steps consume with no input pipeline to wait for.
+    loop = DistributedLoop(model, strategy, args.batch_size)
+    batch = next(iter(train_batches(train, args.batch_size, seed, 0, args.workers, 0)))
+    repeated = tf.data.Dataset.from_tensors(batch).repeat()
+    loop.fit(lambda epoch: repeated.take(2), 2, 1)  # trace (and compile) the step outside the timing
+
+    pipeline_rates, training_rates = [], []
+    for repetition in range(args.repetitions):
+        started, samples = time.perf_counter(), 0
+        for batch_images, _labels in train_batches(train, args.batch_size, seed, repetition, args.workers, 0):
+            samples += int(batch_images.shape[0])
+        pipeline_rates.append(samples / (time.perf_counter() - started))
+
+        history = loop.fit(lambda epoch: repeated.take(args.steps), args.steps, 1)
+        training_rates.append(history[-1]["samples_per_second"] / args.workers)  # this worker's share
+        print(f"#{repetition + 1}: pipeline {pipeline_rates[-1]:.0f}, training {training_rates[-1]:.0f} samples/s")
+
+    pipeline, training = bench.mean(pipeline_rates), bench.mean(training_rates)
+    bench.emit(
+        {
+            "benchmark": "pipeline",
+            "global_batch": args.batch_size,
+            "workers": args.workers,
+            "samples_per_epoch": samples,  # this worker's
+            "pipeline_samples_per_second": round(pipeline),
+            "training_samples_per_second": round(training),
+            "pipeline_runs": [round(rate) for rate in pipeline_rates],
+            "training_runs": [round(rate) for rate in training_rates],
+            "ratio": round(pipeline / training, 2),
+            "target": TARGET,
+            "met": pipeline / training >= TARGET,
+            "load_average_before": load_before,
+            "load_average_after": bench.load_average(),
+            "machine": bench.machine(),
+        },
+        args.output,
+    )
+
+
+if __name__ == "__main__":
+    main()
