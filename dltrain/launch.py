@@ -98,6 +98,9 @@ def ray_connection(address: str | None, dashboard: bool = False) -> Iterator[Non
         else:
             stack.enter_context(_loopback_only())
             stack.enter_context(_known_address())
+            # Ray runs workers at nice 15, so on a busy laptop the training worker loses the cores to anything
+            # else; the embedded Ray is there to train (scripts/bench_overhead.py: 80 s -> 32 s per epoch).
+            stack.enter_context(_environment(RAY_worker_niceness="0"))
             # address="local" always starts a new Ray: a stale /tmp/ray/ray_current_cluster cannot make it hang.
             ray.init(address="local", include_dashboard=dashboard, **quiet)
         try:
@@ -174,7 +177,7 @@ class _EpochPrinter:
     def _drain(self) -> None:
         while not (self._done.is_set() and self.reports.empty()):
             try:
-                metrics = self.reports.get(timeout=0.2)
+                metrics = self.reports.get(timeout=2)  # each poll is a call to the queue's actor: keep them rare
             except (Empty, queue.Empty):
                 continue
             print(_epoch_line(metrics, self.epochs), flush=True)
