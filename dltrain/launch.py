@@ -212,19 +212,19 @@ def check_model(job: dict, driver_log: Path | None) -> int:
     return model.count_params()
 
 
-def fit(fittable: Any) -> None:
+def fit(fittable: Any) -> Any:
     """Run `fittable.fit()` (a Ray trainer or a Tune tuner) in a thread, so that Ctrl-C reaches the driver as
-    KeyboardInterrupt.
+    KeyboardInterrupt; returns what it returns.
 
     (In the main thread, Ray Train installs its own SIGINT handler, which ends the process with SystemExit.)
     Leaving `ray_connection` then stops the workers: the embedded Ray shuts down, and a cluster's Ray Train
     controller dies with the driver that owns it.
     """
-    outcome: dict[str, BaseException] = {}
+    outcome: dict[str, Any] = {}
 
     def run() -> None:
         try:
-            fittable.fit()
+            outcome["result"] = fittable.fit()
         except BaseException as error:  # handed to the main thread
             outcome["error"] = error
 
@@ -234,6 +234,7 @@ def fit(fittable: Any) -> None:
         thread.join(timeout=0.5)
     if "error" in outcome:
         raise outcome["error"]
+    return outcome["result"]
 
 
 def _describe(error: Exception) -> str:

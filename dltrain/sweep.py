@@ -215,11 +215,12 @@ def run_sweep(job: dict, sweep: Run, resuming: bool) -> dict:
     with launch.recorded(sweep):
         try:
             with launch.ray_connection(job["ray"]["address"], dashboard=True):
-                _tune(job, sweep, trials, at_once, resuming)
+                results = _tune(job, sweep, trials, at_once, resuming)
         except KeyboardInterrupt:
             _close_unfinished(sweep, settings, interrupted=True)
             raise
-        _close_unfinished(sweep, settings, interrupted=False)
+        errored = frozenset(result.metrics.get("trial_id") for result in results if result.error)
+        _close_unfinished(sweep, settings, interrupted=False, errored=errored)
         rows = _trials_table(job, sweep)
         summary = _summary(job, sweep, rows, time.time() - started)
         if summary["best"] is None:
@@ -230,7 +231,7 @@ def run_sweep(job: dict, sweep: Run, resuming: bool) -> dict:
     return summary
 
 
-def _tune(job: dict, sweep: Run, trials: int, at_once: int, resuming: bool) -> None:
+def _tune(job: dict, sweep: Run, trials: int, at_once: int, resuming: bool) -> tune.ResultGrid:
     """Run the trials with Ray Tune on the connected Ray, continuing Tune's saved state when resuming."""
     settings = job["sweep"]
     per_worker = launch.worker_resources(job["resources"], at_once)
@@ -267,28 +268,32 @@ def _tune(job: dict, sweep: Run, trials: int, at_once: int, resuming: bool) -> N
                 verbose=0,
             ),
         )
-    launch.fit(tuner)
+    return launch.fit(tuner)
 
 
 def _trial_runs(sweep: Run) -> list[Run]:
     return [run for run in RunStore(sweep.storage).list() if run.id.startswith(f"{sweep.id}-")]
 
 
-def _close_unfinished(sweep: Run, settings: dict, interrupted: bool) -> None:
+def _close_unfinished(sweep: Run, settings: dict, interrupted: bool, errored: frozenset = frozenset()) -> None:
     """Mark the trial runs that ended without finishing: STOPPED when the sweep was interrupted or the scheduler
-    stopped them (after at least one epoch), FAILED when they ended before their first epoch."""
+    stopped them, FAILED when they ended before their first epoch.
+
+    A trial the scheduler stops can see its workers die before Tune ends it, and record itself FAILED; unless
+    Tune saw that trial fail (`errored` holds the trial ids it did), such a run was stopped early.
+    """
+    scheduler = settings["scheduler"]["name"]
     for run in _trial_runs(sweep):
-        if run.status()["status"] in ENDED:
-            continue
+        status = run.status()["status"]
+        trial_id = run.id.removeprefix(f"{sweep.id}-")
         epochs = len(run.metrics())
-        if interrupted:
+        if interrupted and status not in ENDED:
             run.set_status("STOPPED", f"the sweep was interrupted; resume={sweep.id} continues it")
-        elif epochs:
-            run.set_status(
-                "STOPPED", f"stopped early by the {settings['scheduler']['name']} scheduler after epoch {epochs}"
-            )
-        else:
-            run.set_status("FAILED", "the trial ended before its first epoch")
+        elif not interrupted and (status not in ENDED or (status == "FAILED" and trial_id not in errored)):
+            if epochs:
+                run.set_status("STOPPED", f"stopped early by the {scheduler} scheduler after epoch {epochs}")
+            elif status not in ENDED:
+                run.set_status("FAILED", "the trial ended before its first epoch")
 
 
 def _trials_table(job: dict, sweep: Run) -> list[dict]:
