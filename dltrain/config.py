@@ -57,6 +57,8 @@ _RULES: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
         "mirror": (lambda v: isinstance(v, str) and "://" in v, "a URL"),
         "limit": (_optional(lambda v: _is_int(v) and v >= 1), "null or an integer >= 1"),
         "validation_split": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
+        "flip": (lambda v: isinstance(v, bool), "true or false"),
+        "shift": (lambda v: _is_int(v) and v >= 0, "an integer >= 0 (pixels)"),
     },
     "storage": {
         "uri": (_optional(lambda v: isinstance(v, str) and v != ""), "null, a folder or s3://bucket/prefix"),

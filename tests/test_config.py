@@ -24,6 +24,8 @@ def test_defaults_are_the_reference_recipe():
         "max_failures": 2, "keep_checkpoints": 2, "callbacks": None,
     }  # fmt: skip
     assert job["model"]["filters"] == [32, 64, 128] and job["model"]["dropout"] == 0.4
+    assert job["model"]["padding"] == "valid" and job["model"]["batch_norm"] is False
+    assert (job["dataset"]["flip"], job["dataset"]["shift"]) == (False, 0)
     assert job["resources"] == {"num_workers": 1, "use_gpu": False, "cpus_per_worker": None}
     assert job["framework"]["name"] == "tensorflow"
 
@@ -63,6 +65,9 @@ def test_overrides_reach_the_job():
         (["trainer.learning_rate=-0.1"], "trainer.learning_rate=-0.1 is invalid: expected a number > 0"),
         (["trainer.learning_rate=0"], "trainer.learning_rate=0 is invalid"),
         (["trainer.optimizer=adamax"], "trainer.optimizer='adamax' is invalid: expected one of adam, adamw, sgd"),
+        (["dataset.flip=1"], "dataset.flip=1 is invalid: expected true or false"),
+        (["dataset.shift=-2"], "dataset.shift=-2 is invalid: expected an integer >= 0 (pixels)"),
+        (["dataset.shift=1.5"], "dataset.shift=1.5 is invalid"),
         (["trainer.batch_size=126", "resources=large"], "trainer.batch_size=126 is not divisible by resources.num_wor"),
         (["+trainer.epochz=3"], "trainer.epochz: unknown key; valid keys: batch_size, callbacks"),
         (["+banana=1"], "config.banana: unknown key"),

@@ -116,7 +116,9 @@ def _train(job: dict, run: Run, stage: Path, log_file: Path) -> None:
     print(f"worker {rank}/{workers}: {len(train.images)} train, {len(validation.images)} validation samples; "
           f"starting at epoch {initial_epoch + 1}", flush=True)  # fmt: skip
     loop.fit(
-        lambda epoch: train_batches(train, global_batch, trainer["seed"], epoch, workers, rank),
+        lambda epoch: train_batches(
+            train, global_batch, trainer["seed"], epoch, workers, rank, dataset["flip"], dataset["shift"]
+        ),
         steps_per_epoch(len(train.images), global_batch),
         trainer["epochs"],
         initial_epoch,
