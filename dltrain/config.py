@@ -17,6 +17,7 @@ from dltrain.errors import DltrainError
 
 FRAMEWORKS = ("tensorflow",)
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
+LR_SCHEDULES = ("constant", "cosine")
 
 
 def _is_int(value: Any) -> bool:
@@ -38,6 +39,7 @@ _RULES: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
         "batch_size": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
         "learning_rate": (lambda v: _is_number(v) and v > 0, "a number > 0"),
         "optimizer": (lambda v: v in OPTIMIZERS, "one of " + ", ".join(OPTIMIZERS)),
+        "lr_schedule": (lambda v: v in LR_SCHEDULES, "one of " + ", ".join(LR_SCHEDULES)),
         "seed": (_is_int, "an integer"),
         "max_failures": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
         "keep_checkpoints": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),

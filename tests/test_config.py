@@ -20,8 +20,8 @@ def _options(group: str) -> list[str]:
 def test_defaults_are_the_reference_recipe():
     job = resolve(compose_config())
     assert job["trainer"] | {"callbacks": None} == {
-        "epochs": 30, "batch_size": 128, "learning_rate": 0.001, "optimizer": "adam", "seed": 42,
-        "max_failures": 2, "keep_checkpoints": 2, "callbacks": None,
+        "epochs": 30, "batch_size": 128, "learning_rate": 0.001, "lr_schedule": "constant", "optimizer": "adam",
+        "seed": 42, "max_failures": 2, "keep_checkpoints": 2, "callbacks": None,
     }  # fmt: skip
     assert job["model"]["filters"] == [32, 64, 128] and job["model"]["dropout"] == 0.4
     assert job["model"]["padding"] == "valid" and job["model"]["batch_norm"] is False
@@ -65,6 +65,7 @@ def test_overrides_reach_the_job():
         (["trainer.learning_rate=-0.1"], "trainer.learning_rate=-0.1 is invalid: expected a number > 0"),
         (["trainer.learning_rate=0"], "trainer.learning_rate=0 is invalid"),
         (["trainer.optimizer=adamax"], "trainer.optimizer='adamax' is invalid: expected one of adam, adamw, sgd"),
+        (["trainer.lr_schedule=step"], "trainer.lr_schedule='step' is invalid: expected one of constant, cosine"),
         (["dataset.flip=1"], "dataset.flip=1 is invalid: expected true or false"),
         (["dataset.shift=-2"], "dataset.shift=-2 is invalid: expected an integer >= 0 (pixels)"),
         (["dataset.shift=1.5"], "dataset.shift=1.5 is invalid"),
