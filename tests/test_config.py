@@ -10,7 +10,7 @@ from dltrain.__main__ import CONFIG_DIR
 from dltrain.config import resolve
 from dltrain.errors import DltrainError
 
-GROUPS = ("model", "dataset", "resources", "storage", "framework")
+GROUPS = ("model", "dataset", "resources", "storage", "framework", "experiment")
 
 
 def _options(group: str) -> list[str]:
@@ -36,6 +36,19 @@ def test_every_group_option_composes_and_validates(group, option):
     job = resolve(compose_config(f"{group}={option}", *required))
     assert set(job) == {"model", "dataset", "resources", "storage", "framework", "trainer", "ray", "resume"}
     assert set(job["storage"]) == {"uri", "endpoint_url", "region", "create_bucket"}
+
+
+def test_the_tuned_experiment_overrides_the_recipe_and_yields_to_the_command_line():
+    job = resolve(compose_config("experiment=fashion_tuned"))
+    assert job["model"] == {
+        "_target_": "dltrain.models.cnn.build_cnn", "filters": [32, 64, 128], "kernel_size": 3, "padding": "same",
+        "dropout": 0.25, "dense_units": 256, "batch_norm": True,
+    }  # fmt: skip
+    assert (job["dataset"]["flip"], job["dataset"]["shift"]) == (True, 2)
+    assert job["trainer"]["learning_rate"] == 0.002 and job["trainer"]["lr_schedule"] == "cosine"
+    assert job["trainer"]["epochs"] == 30 and job["trainer"]["optimizer"] == "adam"
+    overridden = resolve(compose_config("experiment=fashion_tuned", "trainer.learning_rate=0.01", "dataset.shift=0"))
+    assert (overridden["trainer"]["learning_rate"], overridden["dataset"]["shift"]) == (0.01, 0)
 
 
 def test_s3_storage_needs_a_uri():
