@@ -10,7 +10,8 @@ def _normalize_and_activate(x: keras.KerasTensor, batch_norm: bool, suffix: str)
     if not batch_norm:
         return x
     # Synchronized: the statistics of the whole global batch, all-reduced over the workers, so every worker keeps
-    # the same moving statistics and N workers train exactly as one worker would.
+    # the same moving statistics and normalizes as one worker would (equal up to float rounding, which the
+    # normalization and the ReLU/max-pool kinks amplify over the steps).
     x = keras.layers.BatchNormalization(synchronized=True, name=f"batch_norm{suffix}")(x)
     return keras.layers.ReLU(name=f"relu{suffix}")(x)
 
