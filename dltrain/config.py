@@ -18,6 +18,7 @@ from dltrain.errors import DltrainError
 
 FRAMEWORKS = ("tensorflow",)
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
+LR_SCHEDULES = ("constant", "cosine")
 EPOCH_METRICS = ("val_accuracy", "val_loss", "accuracy", "loss")  # what every epoch reports, so what a sweep ranks
 SCHEDULERS = ("asha", "median", "fifo")
 SEARCH_ALGORITHMS = ("random", "grid", "bayes")
@@ -43,6 +44,7 @@ _RULES: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
         "batch_size": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
         "learning_rate": (lambda v: _is_number(v) and v > 0, "a number > 0"),
         "optimizer": (lambda v: v in OPTIMIZERS, "one of " + ", ".join(OPTIMIZERS)),
+        "lr_schedule": (lambda v: v in LR_SCHEDULES, "one of " + ", ".join(LR_SCHEDULES)),
         "seed": (_is_int, "an integer"),
         "max_failures": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
         "keep_checkpoints": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
@@ -62,6 +64,8 @@ _RULES: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
         "mirror": (lambda v: isinstance(v, str) and "://" in v, "a URL"),
         "limit": (_optional(lambda v: _is_int(v) and v >= 1), "null or an integer >= 1"),
         "validation_split": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
+        "flip": (lambda v: isinstance(v, bool), "true or false"),
+        "shift": (lambda v: _is_int(v) and v >= 0, "an integer >= 0 (pixels)"),
     },
     "storage": {
         "uri": (_optional(lambda v: isinstance(v, str) and v != ""), "null, a folder or s3://bucket/prefix"),

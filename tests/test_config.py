@@ -10,7 +10,7 @@ from dltrain.__main__ import CONFIG_DIR
 from dltrain.config import resolve
 from dltrain.errors import DltrainError
 
-GROUPS = ("model", "dataset", "resources", "storage", "framework", "sweep")
+GROUPS = ("model", "dataset", "resources", "storage", "framework", "sweep", "experiment")
 
 
 def _options(group: str) -> list[str]:
@@ -20,10 +20,12 @@ def _options(group: str) -> list[str]:
 def test_defaults_are_the_reference_recipe():
     job = resolve(compose_config())
     assert job["trainer"] | {"callbacks": None} == {
-        "epochs": 30, "batch_size": 128, "learning_rate": 0.001, "optimizer": "adam", "seed": 42,
-        "max_failures": 2, "keep_checkpoints": 2, "callbacks": None,
+        "epochs": 30, "batch_size": 128, "learning_rate": 0.001, "lr_schedule": "constant", "optimizer": "adam",
+        "seed": 42, "max_failures": 2, "keep_checkpoints": 2, "callbacks": None,
     }  # fmt: skip
     assert job["model"]["filters"] == [32, 64, 128] and job["model"]["dropout"] == 0.4
+    assert job["model"]["padding"] == "valid" and job["model"]["batch_norm"] is False
+    assert (job["dataset"]["flip"], job["dataset"]["shift"]) == (False, 0)
     assert job["resources"] == {"num_workers": 1, "use_gpu": False, "cpus_per_worker": None}
     assert job["framework"]["name"] == "tensorflow"
 
@@ -35,6 +37,19 @@ def test_every_group_option_composes_and_validates(group, option):
     assert set(job) == {"model", "dataset", "resources", "storage", "framework", "trainer", "ray", "resume", "sweep"}
     assert (job["sweep"] is None) == (group != "sweep")
     assert set(job["storage"]) == {"uri", "endpoint_url", "region", "create_bucket"}
+
+
+def test_the_tuned_experiment_overrides_the_recipe_and_yields_to_the_command_line():
+    job = resolve(compose_config("experiment=fashion_tuned"))
+    assert job["model"] == {
+        "_target_": "dltrain.models.cnn.build_cnn", "filters": [32, 64, 128], "kernel_size": 3, "padding": "same",
+        "dropout": 0.25, "dense_units": 256, "batch_norm": True,
+    }  # fmt: skip
+    assert (job["dataset"]["flip"], job["dataset"]["shift"]) == (True, 2)
+    assert job["trainer"]["learning_rate"] == 0.002 and job["trainer"]["lr_schedule"] == "cosine"
+    assert job["trainer"]["epochs"] == 30 and job["trainer"]["optimizer"] == "adam"
+    overridden = resolve(compose_config("experiment=fashion_tuned", "trainer.learning_rate=0.01", "dataset.shift=0"))
+    assert (overridden["trainer"]["learning_rate"], overridden["dataset"]["shift"]) == (0.01, 0)
 
 
 def test_s3_storage_needs_a_uri():
@@ -64,6 +79,10 @@ def test_overrides_reach_the_job():
         (["trainer.learning_rate=-0.1"], "trainer.learning_rate=-0.1 is invalid: expected a number > 0"),
         (["trainer.learning_rate=0"], "trainer.learning_rate=0 is invalid"),
         (["trainer.optimizer=adamax"], "trainer.optimizer='adamax' is invalid: expected one of adam, adamw, sgd"),
+        (["trainer.lr_schedule=step"], "trainer.lr_schedule='step' is invalid: expected one of constant, cosine"),
+        (["dataset.flip=1"], "dataset.flip=1 is invalid: expected true or false"),
+        (["dataset.shift=-2"], "dataset.shift=-2 is invalid: expected an integer >= 0 (pixels)"),
+        (["dataset.shift=1.5"], "dataset.shift=1.5 is invalid"),
         (["trainer.batch_size=126", "resources=large"], "trainer.batch_size=126 is not divisible by resources.num_wor"),
         (["+trainer.epochz=3"], "trainer.epochz: unknown key; valid keys: batch_size, callbacks"),
         (["+banana=1"], "config.banana: unknown key"),

@@ -120,20 +120,90 @@ def test_split_is_seeded_disjoint_and_limited():
     assert set(small_train.labels) | set(small_validation.labels) == set(range(200))
 
 
-def test_worker_slices_make_up_the_single_worker_batches():
-    data = Split(np.arange(1000).reshape(1000, 1, 1, 1), np.arange(1000))
-    single = [labels.numpy() for _, labels in train_batches(data, 64, seed=1, epoch=3, num_workers=1, worker_index=0)]
-    shards = [
-        [labels.numpy() for _, labels in train_batches(data, 64, seed=1, epoch=3, num_workers=4, worker_index=w)]
-        for w in range(4)
-    ]
-    assert len(single) == 1000 // 64 and all(len(batch) == 64 for batch in single)
-    for step, batch in enumerate(single):
-        np.testing.assert_array_equal(np.concatenate([shard[step] for shard in shards]), batch)
-    next_epoch = [
-        labels.numpy() for _, labels in train_batches(data, 64, seed=1, epoch=4, num_workers=1, worker_index=0)
-    ]
-    assert not np.array_equal(single[0], next_epoch[0])  # reshuffled every epoch
+def _batches(data: Split, **kwargs) -> list[tuple[np.ndarray, np.ndarray]]:
+    arguments = {"global_batch_size": 64, "seed": 1, "epoch": 3, "num_workers": 1, "worker_index": 0} | kwargs
+    return [(images.numpy(), labels.numpy()) for images, labels in train_batches(data, **arguments)]
+
+
+@pytest.mark.parametrize("augment", [{}, {"flip": True, "shift": 2}])
+def test_worker_slices_make_up_the_single_worker_batches(augment):
+    images = np.random.default_rng(0).integers(0, 256, (1000, 6, 6, 1), dtype=np.uint8)
+    data = Split(images, np.arange(1000))
+    single = _batches(data, **augment)
+    shards = [_batches(data, num_workers=4, worker_index=w, **augment) for w in range(4)]
+    assert len(single) == 1000 // 64 and all(len(labels) == 64 for _, labels in single)
+    for step, (batch_images, batch_labels) in enumerate(single):
+        np.testing.assert_array_equal(np.concatenate([shard[step][1] for shard in shards]), batch_labels)
+        np.testing.assert_array_equal(np.concatenate([shard[step][0] for shard in shards]), batch_images)
+    next_epoch = _batches(data, epoch=4, **augment)
+    assert not np.array_equal(single[0][1], next_epoch[0][1])  # reshuffled every epoch
+
+
+def _one_dot_each(n: int = 512, size: int = 12) -> Split:
+    """Images that are black but for one white pixel somewhere inside a 4-pixel margin; label = image index."""
+    rows, columns = np.random.default_rng(5).integers(4, size - 4, (2, n))
+    images = np.zeros((n, size, size, 1), np.uint8)
+    images[np.arange(n), rows, columns, 0] = 255
+    return Split(images, np.arange(n))
+
+
+def _by_label(batches: list[tuple[np.ndarray, np.ndarray]]) -> dict[int, np.ndarray]:
+    return {int(label): image for images, labels in batches for image, label in zip(images, labels, strict=True)}
+
+
+def test_augmentation_is_seeded_and_changes_every_epoch():
+    data = _one_dot_each()
+    first = _batches(data, flip=True, shift=2)
+    for (images, labels), (again, again_labels) in zip(first, _batches(data, flip=True, shift=2), strict=True):
+        np.testing.assert_array_equal(images, again)
+        np.testing.assert_array_equal(labels, again_labels)
+    # The shuffle is the same with and without augmentation: only the images change.
+    plain = _batches(data)
+    assert all(
+        np.array_equal(labels, plain_labels) for (_, labels), (_, plain_labels) in zip(first, plain, strict=True)
+    )
+    assert not all(
+        np.array_equal(images, plain_images) for (images, _), (plain_images, _) in zip(first, plain, strict=True)
+    )
+    # Another epoch draws other flips and shifts for the same images (labels are image indices here).
+    this_epoch, next_epoch = _by_label(first), _by_label(_batches(data, flip=True, shift=2, epoch=4))
+    common = this_epoch.keys() & next_epoch.keys()
+    assert sum(not np.array_equal(this_epoch[label], next_epoch[label]) for label in common) > len(common) / 2
+
+
+def test_flip_mirrors_about_half_of_the_images_and_leaves_labels_alone():
+    data = _one_dot_each()
+    batches = _batches(data, flip=True)
+    assert all(images.dtype == np.float32 and images.shape == (64, 12, 12, 1) for images, _ in batches)
+    flipped = 0
+    for label, image in _by_label(batches).items():  # labels are image indices: each image is still its own
+        original = data.images[label] / 255.0
+        assert np.array_equal(image, original) or np.array_equal(image, original[:, ::-1])
+        flipped += not np.array_equal(image, original)
+    assert 0.4 < flipped / len(_by_label(batches)) < 0.6
+
+
+def test_shift_moves_each_image_by_at_most_shift_pixels():
+    data = _one_dot_each()
+    moves = []
+    for images, labels in _batches(data, shift=2):
+        assert images.shape == (64, 12, 12, 1) and images.min() >= 0.0 and images.max() <= 1.0
+        for image, label in zip(images, labels, strict=True):
+            assert image.sum() == 1.0  # the dot stays whole and inside: only moved
+            moves.append(np.argwhere(image[..., 0] == 1.0)[0] - np.argwhere(data.images[label, ..., 0])[0])
+    assert {tuple(move) for move in moves} == {(rows, columns) for rows in range(-2, 3) for columns in range(-2, 3)}
+
+
+def test_shift_fills_the_uncovered_border_with_black():
+    white = Split(np.full((128, 8, 8, 1), 255, np.uint8), np.zeros(128, np.int64))
+    images = np.concatenate([images for images, _ in _batches(white, shift=3)])
+    blackened = (images == 0).reshape(len(images), -1).sum(axis=1)
+    assert blackened.max() > 0 and set(np.unique(images)) <= {0.0, 1.0}
+
+
+def test_negative_shift_is_rejected():
+    with pytest.raises(ValueError, match="shift must be >= 0"):
+        _batches(_one_dot_each(), shift=-1)
 
 
 def test_train_images_are_scaled_to_unit_range():

@@ -142,9 +142,13 @@ def test_embedded_ray_listens_on_loopback_only(ray_cluster):
 
 
 def test_a_killed_worker_restarts_from_the_last_checkpoint(ray_cluster, real_data, tmp_path):
+    """With batch norm and a cosine schedule: the restarted workers continue both from the checkpoint."""
     marker = tmp_path / "killed"
     kill = f"+trainer.callbacks.kill={{_target_: helpers.KillWorkerOnce, marker: '{marker}', epoch: 1}}"
-    job = _job(real_data, tmp_path / "runs", "resources.num_workers=2", "trainer.epochs=3", kill)
+    job = _job(
+        real_data, tmp_path / "runs", "resources.num_workers=2", "trainer.epochs=3", "model.batch_norm=true",
+        "trainer.lr_schedule=cosine", kill, _dump_callback(tmp_path / "dumps"),
+    )  # fmt: skip
     summary = train(job)
     assert marker.exists()  # worker 1 really died mid-epoch 2
     run = RunStore(open_storage({"uri": str(tmp_path / "runs")})).get(summary["run_id"])
@@ -154,3 +158,13 @@ def test_a_killed_worker_restarts_from_the_last_checkpoint(ray_cluster, real_dat
     assert len([name for name in logs if name.startswith("worker-1-")]) == 2  # the group was restarted
     restarted = [text for text in logs.values() if "starting at epoch 2" in text]
     assert len(restarted) == 2  # both new workers resumed after epoch 1: only the killed epoch was redone
+    # 4 kernels, 4 batch norms x (gamma, beta, moving mean, moving variance), the output kernel and bias: the
+    # moving statistics, which each worker updates itself, stay identical on both workers.
+    first, second = _weights(tmp_path / "dumps" / "weights-0.npz"), _weights(tmp_path / "dumps" / "weights-1.npz")
+    assert len(first) == 22
+    for mine, theirs in zip(first, second, strict=True):
+        np.testing.assert_array_equal(mine, theirs)
+    # The step counter came back with the checkpoint: 3 epochs x 18 steps in all, and the schedule ran out at 0.
+    optimizer = keras.models.load_model(Path(run.path) / "model" / "model.keras").optimizer
+    assert int(optimizer.iterations) == 3 * 18
+    assert float(optimizer.learning_rate) == pytest.approx(0.0, abs=1e-9)

@@ -21,13 +21,45 @@ def test_reference_cnn_layers_and_shapes():
     np.testing.assert_allclose(np.sum(probabilities, axis=1), 1.0, rtol=1e-5)
 
 
+def test_batch_norm_blocks_are_bias_free_conv_then_batch_norm_then_relu():
+    model = build_cnn((28, 28, 1), 10, batch_norm=True)
+    names = [layer.name for layer in model.layers]
+    for block in ("1", "2", "3", "_dense"):
+        layer = "dense" if block == "_dense" else f"conv{block}"
+        assert names[names.index(layer) + 1 : names.index(layer) + 3] == [f"batch_norm{block}", f"relu{block}"]
+        assert model.get_layer(layer).use_bias is False and model.get_layer(layer).activation.__name__ == "linear"
+    norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert len(norms) == 4 and all(layer.synchronized for layer in norms)
+    # Training updates the moving statistics; inference uses them, so it no longer matches a fresh model.
+    images = np.random.default_rng(0).random((16, 28, 28, 1)).astype(np.float32)
+    before = model(images, training=False).numpy()
+    model(images, training=True)
+    assert not np.allclose(norms[0].moving_mean.numpy(), 0.0)
+    assert not np.allclose(model(images, training=False).numpy(), before)
+
+
+def test_the_default_model_has_no_batch_norm():
+    model = build_cnn((28, 28, 1), 10)
+    assert not [
+        layer for layer in model.layers if isinstance(layer, (keras.layers.BatchNormalization, keras.layers.ReLU))
+    ]
+    assert all(layer.use_bias for layer in model.layers if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense)))
+
+
 def test_hyperparameters_change_the_architecture():
     model = build_cnn((32, 32, 3), 5, filters=[8, 16], dropout=0.1, dense_units=32, padding="same")
     assert model.output_shape == (None, 5)
     assert [layer.filters for layer in model.layers if isinstance(layer, keras.layers.Conv2D)] == [8, 16]
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [({"filters": []}, "filters"), ({"dropout": 1.0}, "dropout")])
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"filters": []}, "filters"),
+        ({"dropout": 1.0}, "dropout"),
+        ({"batch_norm": 1}, "batch_norm must be true or false"),
+    ],
+)
 def test_bad_hyperparameters_raise_value_error(kwargs, message):
     with pytest.raises(ValueError, match=message):
         build_cnn((28, 28, 1), 10, **kwargs)

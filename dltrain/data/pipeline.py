@@ -1,7 +1,7 @@
 """Input pipelines for data-parallel training: seeded splits and each worker's share of every global batch.
 
-Every worker draws the same seeded permutation of the training set each epoch and keeps its contiguous slice
-of every global batch, so N workers together see exactly the batches a single worker would.
+Every worker draws the same seeded permutation (and augmentation) of the training set each epoch and keeps its
+contiguous slice of every global batch, so N workers together see exactly the batches a single worker would.
 """
 
 from typing import NamedTuple
@@ -38,16 +38,58 @@ def steps_per_epoch(num_samples: int, global_batch_size: int) -> int:
     return num_samples // global_batch_size
 
 
+def _augment(images: tf.Tensor, flips: tf.Tensor, offsets: tf.Tensor, flip: bool, shift: int) -> tf.Tensor:
+    """With `flip`, mirror the images where `flips` is true; with `shift`, move each by its (rows, columns) `offsets`,
+    filling with 0."""
+    if flip:
+        images = tf.where(flips[:, None, None, None], tf.reverse(images, axis=[2]), images)
+    if not shift:
+        return images
+    height, width = images.shape[1], images.shape[2]
+    padded = tf.pad(images, [[0, 0], [shift, shift], [shift, shift], [0, 0]])
+    # Output pixel (r, c) is input pixel (r + row offset, c + column offset): crop the padded image at shift + offset.
+    rows = offsets[:, 0:1] + shift + tf.range(height)
+    columns = offsets[:, 1:2] + shift + tf.range(width)
+    return tf.gather(tf.gather(padded, rows, axis=1, batch_dims=1), columns, axis=2, batch_dims=1)
+
+
 def train_batches(
-    data: Split, global_batch_size: int, seed: int, epoch: int, num_workers: int, worker_index: int
+    data: Split,
+    global_batch_size: int,
+    seed: int,
+    epoch: int,
+    num_workers: int,
+    worker_index: int,
+    flip: bool = False,
+    shift: int = 0,
 ) -> tf.data.Dataset:
-    """This worker's slice of every global batch of epoch `epoch`, scaled to [0, 1]."""
+    """This worker's slice of every global batch of epoch `epoch`, scaled to [0, 1] and optionally augmented.
+
+    `flip` mirrors each image left-right with probability 1/2; `shift` moves it by up to `shift` pixels along
+    each axis, filling with 0. The random draws are made for the whole global batch from (seed, epoch) and
+    sliced like the images, so N workers see exactly the images one worker would. Labels are never changed.
+    """
+    if shift < 0:
+        raise ValueError(f"shift must be >= 0 pixels, got {shift}")
     steps = steps_per_epoch(len(data.images), global_batch_size)
     per_worker = global_batch_size // num_workers
-    order = np.random.default_rng([seed, epoch]).permutation(len(data.images))[: steps * global_batch_size]
-    mine = order.reshape(steps, global_batch_size)[:, worker_index * per_worker : (worker_index + 1) * per_worker]
-    batches = tf.data.Dataset.from_tensor_slices((data.images[mine], data.labels[mine]))
-    return batches.map(_scale, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    mine = slice(worker_index * per_worker, (worker_index + 1) * per_worker)
+    generator = np.random.default_rng([seed, epoch])
+    order = generator.permutation(len(data.images))[: steps * global_batch_size].reshape(steps, global_batch_size)
+    # Drawn after the shuffle, which therefore stays the same with and without augmentation.
+    flips = generator.random((steps, global_batch_size)) < 0.5
+    offsets = generator.integers(-shift, shift + 1, (steps, global_batch_size, 2), dtype=np.int32)
+    batches = tf.data.Dataset.from_tensor_slices(
+        (data.images[order[:, mine]], data.labels[order[:, mine]], flips[:, mine], offsets[:, mine])
+    )
+
+    def scale_and_augment(
+        images: tf.Tensor, labels: tf.Tensor, flips: tf.Tensor, offsets: tf.Tensor
+    ) -> tuple[tf.Tensor, tf.Tensor]:
+        images, labels = _scale(images, labels)
+        return _augment(images, flips, offsets, flip, shift), labels
+
+    return batches.map(scale_and_augment, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
 def eval_batches(data: Split, batch_size: int, num_workers: int, worker_index: int) -> tf.data.Dataset:

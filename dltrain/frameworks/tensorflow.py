@@ -39,9 +39,20 @@ def build_model(model_config: dict, input_shape: tuple[int, ...], num_classes: i
     return builder(input_shape=input_shape, num_classes=num_classes, **hyperparameters)
 
 
-def _compile(model: keras.Model, trainer: dict) -> None:
+def learning_rate(trainer: dict, steps_per_epoch: int) -> float | keras.optimizers.schedules.LearningRateSchedule:
+    """`trainer.learning_rate` held constant, or cosine-decayed to 0 over all `trainer.epochs` of training.
+
+    A schedule is a function of the optimizer's step counter, which the checkpoints keep: a resumed run continues it.
+    """
+    if trainer["lr_schedule"] == "constant":
+        return trainer["learning_rate"]
+    return keras.optimizers.schedules.CosineDecay(trainer["learning_rate"], trainer["epochs"] * steps_per_epoch)
+
+
+def compile_model(model: keras.Model, trainer: dict, steps_per_epoch: int) -> None:
+    """Compile `model` with `trainer.optimizer` at `trainer.learning_rate` under `trainer.lr_schedule`."""
     optimizer = keras.optimizers.get(
-        {"class_name": trainer["optimizer"], "config": {"learning_rate": trainer["learning_rate"]}}
+        {"class_name": trainer["optimizer"], "config": {"learning_rate": learning_rate(trainer, steps_per_epoch)}}
     )
     model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
 
@@ -112,10 +123,11 @@ def _train(job: dict, run: Run, stage: Path, log_file: Path) -> None:
     )
     global_batch = trainer["batch_size"]
     worker_batch = global_batch // workers
+    steps = steps_per_epoch(len(train.images), global_batch)
 
     with strategy.scope():
         model = build_model(job["model"], data.INPUT_SHAPE, len(data.CLASS_NAMES))
-        _compile(model, trainer)
+        compile_model(model, trainer, steps)
         initial_epoch = _restore(model)
 
     callbacks = [instantiate(callback) for callback in trainer["callbacks"].values()]
@@ -127,8 +139,10 @@ def _train(job: dict, run: Run, stage: Path, log_file: Path) -> None:
     print(f"worker {rank}/{workers}: {len(train.images)} train, {len(validation.images)} validation samples; "
           f"starting at epoch {initial_epoch + 1}", flush=True)  # fmt: skip
     loop.fit(
-        lambda epoch: train_batches(train, global_batch, trainer["seed"], epoch, workers, rank),
-        steps_per_epoch(len(train.images), global_batch),
+        lambda epoch: train_batches(
+            train, global_batch, trainer["seed"], epoch, workers, rank, dataset["flip"], dataset["shift"]
+        ),
+        steps,
         trainer["epochs"],
         initial_epoch,
         (lambda: eval_batches(validation, worker_batch, workers, rank)) if len(validation.images) else None,
