@@ -265,12 +265,13 @@ def train(job: dict, driver_log: Path | None = None) -> dict:
     run = _run_to_resume(job["resume"], storage) if job["resume"] else None
     if run is not None:
         status = run.status()["status"]
-        kind = "sweep" if run.config()["sweep"] else "run"
+        saved = completed_config(run.config(), job)
+        kind = "sweep" if saved["sweep"] else "run"
         if status == "COMPLETED":
             print(f"dltrain: {kind} {run.id} is already COMPLETED; nothing to resume -> {run.uri}", flush=True)
             return run.summary()
         # The saved config holds no credentials: the storage and Ray settings come from this command.
-        job = run.config() | {"storage": job["storage"], "ray": job["ray"], "resume": run.id}
+        job = saved | {"storage": job["storage"], "ray": job["ray"], "resume": run.id}
     kind = "sweep" if job["sweep"] else "run"
     _check_data(job)
     parameters = check_model(job, driver_log)
@@ -288,6 +289,17 @@ def train(job: dict, driver_log: Path | None = None) -> dict:
         if job["sweep"]:
             return sweep.run_sweep(job, run, resuming=job["resume"] is not None)
         return _run(job, run, parameters)
+
+
+def completed_config(saved: dict, defaults: dict) -> dict:
+    """A run's saved config, with the keys dltrain has gained since it was saved taken from `defaults` (whose
+    values for new keys keep the old behaviour); a model's keys only from defaults for the same builder."""
+    completed = defaults | saved
+    for section, keys in defaults.items():
+        same_model = section != "model" or keys.get("_target_") == saved.get("model", {}).get("_target_")
+        if isinstance(keys, dict) and isinstance(saved.get(section), dict) and same_model:
+            completed[section] = keys | saved[section]
+    return completed
 
 
 def _run_to_resume(run_id: str, storage: Storage) -> Run:

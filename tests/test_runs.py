@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from dltrain.launch import completed_config
 from dltrain.runs import RunStore, new_run_id, redact
 from dltrain.storage import open_storage
 
@@ -66,3 +67,19 @@ def test_secrets_are_redacted_in_the_saved_config(store):
     assert saved == {"storage": {"secret_key": "***", "access_key_id": "***", "region": "eu"}, "token": None}
     assert "s3cr3t" not in (store.storage.read_bytes(f"{run.path}/config.yaml")).decode()
     assert redact([{"password": "x"}]) == [{"password": "***"}]
+
+
+def test_a_run_saved_before_new_keys_resumes_with_their_defaults():
+    defaults = {
+        "trainer": {"epochs": 30, "lr_schedule": "constant"},
+        "model": {"_target_": "dltrain.models.cnn.build_cnn", "dropout": 0.4, "batch_norm": False},
+        "sweep": None,
+    }
+    saved = {"trainer": {"epochs": 5}, "model": {"_target_": "dltrain.models.cnn.build_cnn", "dropout": 0.2}}
+    assert completed_config(saved, defaults) == {
+        "trainer": {"epochs": 5, "lr_schedule": "constant"},
+        "model": {"_target_": "dltrain.models.cnn.build_cnn", "dropout": 0.2, "batch_norm": False},
+        "sweep": None,
+    }
+    own_model = {"_target_": "mine.build", "width": 3}  # another builder's keys are never added
+    assert completed_config({**saved, "model": own_model}, defaults)["model"] == own_model
