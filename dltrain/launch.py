@@ -66,7 +66,7 @@ def _loopback_only() -> Iterator[None]:
 
 @contextlib.contextmanager
 def _known_address() -> Iterator[None]:
-    """Start a Ray in this block on a GCS port chosen here, and tell its processes that address (RAY_ADDRESS).
+    """Start a Ray in this block on a GCS port chosen here, and give its processes that address (RAY_ADDRESS).
 
     Ray's state API, which Ray Train V2 asks whether a stopped trial's controller is gone before it frees that
     trial's workers, finds its cluster through RAY_ADDRESS or by looking for GCS processes on the machine; with
@@ -97,12 +97,14 @@ def ray_connection(address: str | None, dashboard: bool = False) -> Iterator[Non
             ray.init(address=address, **quiet)
         else:
             stack.enter_context(_loopback_only())
-            stack.enter_context(_known_address())
-            # Ray runs workers at nice 15, so on a busy laptop the training worker loses the cores to anything
-            # else; the embedded Ray is there to train (scripts/bench_overhead.py: 80 s -> 32 s per epoch).
-            stack.enter_context(_environment(RAY_worker_niceness="0"))
-            # address="local" always starts a new Ray: a stale /tmp/ray/ray_current_cluster cannot make it hang.
-            ray.init(address="local", include_dashboard=dashboard, **quiet)
+            # Ray's processes, and through the raylet every worker, take these from the environment when ray.init
+            # starts them; the driver's own environment is restored at once, so that programs it starts later
+            # (another dltrain command) do not join this Ray. Ray runs workers at nice 15, so on a busy machine
+            # the training worker would lose the cores to anything else (scripts/bench_overhead.py: 80 s -> 32 s
+            # per epoch at nice 0).
+            with _known_address(), _environment(RAY_worker_niceness="0"):
+                # address="local" always starts a new Ray: a stale /tmp/ray/ray_current_cluster cannot make it hang.
+                ray.init(address="local", include_dashboard=dashboard, **quiet)
         try:
             yield
         finally:
