@@ -94,8 +94,6 @@ def main() -> None:
             "s3": _summary(results["s3"]),
             "target_share": TARGET_SHARE,
             "load_average_before": load_before,
-            "load_average_after": bench.load_average(),
-            "machine": bench.machine(),
         },
         args.output,
     )

@@ -128,8 +128,6 @@ def main() -> None:
                 if name != "plain_keras"
             },
             "load_average_before": load_before,
-            "load_average_after": bench.load_average(),
-            "machine": bench.machine(),
         },
         args.output,
     )

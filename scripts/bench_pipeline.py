@@ -84,8 +84,6 @@ def main() -> None:
             "target": TARGET,
             "met": pipeline / training >= TARGET,
             "load_average_before": load_before,
-            "load_average_after": bench.load_average(),
-            "machine": bench.machine(),
         },
         args.output,
     )

@@ -66,7 +66,6 @@ def main() -> None:
             "steady_background_core_share": round(background, 4),
             "processes": processes,
             "load_average_before": load_before,
-            "load_average_after": bench.load_average(),
         },
         args.output,
     )

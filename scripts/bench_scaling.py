@@ -81,8 +81,6 @@ def main() -> None:
                 for workers, values in rates.items()
             },
             "load_average_before": load_before,
-            "load_average_after": bench.load_average(),
-            "machine": bench.machine(),
         },
         args.output,
     )

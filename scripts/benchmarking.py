@@ -227,8 +227,9 @@ def load_average() -> list[float]:
 
 
 def emit(summary: dict, output: Path | None = None) -> None:
-    """Print the summary as the script's one JSON line (and save it to `output` if given)."""
-    line = json.dumps(summary)
+    """Print the summary, with the load average after the runs and the machine, as the script's one JSON line
+    (and save it to `output` if given)."""
+    line = json.dumps(summary | {"load_average_after": load_average(), "machine": machine()})
     if output is not None:
         output.write_text(line + "\n")
     print(line, flush=True)
