@@ -7,6 +7,7 @@ before anything starts.
 import importlib
 import inspect
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -168,7 +169,17 @@ def resolve(cfg: DictConfig) -> dict:
     _check_job(job)
     if job["sweep"] is not None:
         _check_sweep(job)
+    job["dataset"]["path"] = _absolute(job["dataset"]["path"])
+    job["storage"]["uri"] = _absolute(job["storage"]["uri"])
     return job
+
+
+def _absolute(location: str | None) -> str | None:
+    """A local folder made absolute against this directory (Ray runs the workers in folders of its own);
+    None and URIs (s3://, or a scheme the storage rejects with its own error) unchanged."""
+    if location is None or ("://" in location and not location.startswith("file://")):
+        return location
+    return str(Path(location.removeprefix("file://")).expanduser().absolute())
 
 
 def _check_job(job: dict) -> None:

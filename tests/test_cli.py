@@ -16,10 +16,12 @@ import pyarrow.parquet as pq
 import pytest
 
 
-def _dltrain(*args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run `python -m dltrain *args` as a user would."""
+def _dltrain(
+    *args: str, env: dict | None = None, timeout: float = 600, cwd: Path | None = None
+) -> subprocess.CompletedProcess:
+    """Run `python -m dltrain *args` as a user would (in `cwd`, else this directory)."""
     return subprocess.run(
-        [sys.executable, "-m", "dltrain", *args], capture_output=True, text=True, timeout=timeout, env=env
+        [sys.executable, "-m", "dltrain", *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd
     )
 
 
@@ -30,9 +32,11 @@ def _only_run(storage: Path) -> Path:
 
 @pytest.mark.slow
 def test_large_profile_runs_as_four_cpu_workers(real_data, tmp_path):
+    # Relative paths, as a user types them: the workers, which Ray runs in folders of its own, must find them.
     result = _dltrain(
         "model=fashion", "resources=large", "resources.use_gpu=false", "trainer.epochs=2", "dataset.limit=1280",
-        "trainer.batch_size=64", f"dataset.path={real_data}", f"storage.uri={tmp_path}",
+        "trainer.batch_size=64", f"dataset.path={os.path.relpath(real_data, tmp_path)}", "storage.uri=.",
+        cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.splitlines()

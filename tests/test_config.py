@@ -52,6 +52,21 @@ def test_the_tuned_experiment_overrides_the_recipe_and_yields_to_the_command_lin
     assert (overridden["trainer"]["learning_rate"], overridden["dataset"]["shift"]) == (0.01, 0)
 
 
+def test_local_paths_are_made_absolute_for_the_workers(tmp_path, monkeypatch):
+    """Ray runs the workers in folders of its own: the driver resolves local paths against its own directory."""
+    monkeypatch.chdir(tmp_path)
+    job = resolve(compose_config("dataset.path=data/fashion-mnist", "storage.uri=file://runs"))
+    assert (job["dataset"]["path"], job["storage"]["uri"]) == (
+        str(tmp_path / "data/fashion-mnist"),
+        str(tmp_path / "runs"),
+    )
+    home = resolve(compose_config("dataset.path='~/fashion-mnist'"))["dataset"]["path"]
+    assert home == str(Path.home() / "fashion-mnist")
+    remote = resolve(compose_config("storage=s3", "storage.uri=s3://bucket/runs", "dataset.path=s3://bucket/data"))
+    assert (remote["dataset"]["path"], remote["storage"]["uri"]) == ("s3://bucket/data", "s3://bucket/runs")
+    assert resolve(compose_config("storage.uri=gs://bucket/runs"))["storage"]["uri"] == "gs://bucket/runs"
+
+
 def test_s3_storage_needs_a_uri():
     with pytest.raises(DltrainError, match=r"^storage.uri is required: set storage.uri=\.\.\.$"):
         resolve(compose_config("storage=s3"))
