@@ -4,7 +4,6 @@ import contextlib
 import logging
 import math
 import os
-import queue
 import socket
 import tempfile
 import threading
@@ -16,7 +15,6 @@ from typing import Any
 import ray
 import ray.train
 from ray._private import ray_constants
-from ray.util.queue import Empty, Queue
 
 from dltrain.data import DATASETS
 from dltrain.data import prepare as prepare_data
@@ -101,8 +99,9 @@ def ray_connection(address: str | None, dashboard: bool = False) -> Iterator[Non
             # starts them; the driver's own environment is restored at once, so that programs it starts later
             # (another dltrain command) do not join this Ray. Ray runs workers at nice 15, so on a busy machine
             # the training worker would lose the cores to anything else (scripts/bench_overhead.py: 80 s -> 32 s
-            # per epoch at nice 0).
-            with _known_address(), _environment(RAY_worker_niceness="0"):
+            # per epoch at nice 0). One machine has no preemptible nodes: Ray Train's preemption watcher would
+            # only be one more process to start before the first step (BENCHMARKS.md).
+            with _known_address(), _environment(RAY_worker_niceness="0", RAY_TRAIN_ENABLE_PREEMPTION_WATCHER="0"):
                 # address="local" always starts a new Ray: a stale /tmp/ray/ray_current_cluster cannot make it hang.
                 ray.init(address="local", include_dashboard=dashboard, **quiet)
         try:
@@ -150,39 +149,37 @@ def _epoch_line(metrics: dict, epochs: int) -> str:
         f"loss {metrics['loss']:.4f}",
         f"accuracy {metrics['accuracy']:.4f}",
     ]
-    if "val_loss" in metrics:
+    if metrics.get("val_loss") is not None:  # None: a row stored without validation
         parts += [f"val_loss {metrics['val_loss']:.4f}", f"val_accuracy {metrics['val_accuracy']:.4f}"]
     parts += [f"{metrics['seconds']:.1f}s", f"{metrics['samples_per_second']:.0f} samples/s"]
     return "  ".join(parts)
 
 
-class _Relay(ray.train.UserCallback):
-    """Runs in Ray Train's controller: passes rank 0's reports to the driver once every worker has reported."""
-
-    def __init__(self, reports: Queue):
-        self.reports = reports
-
-    def after_report(self, run_context, metrics: list[dict], checkpoint) -> None:
-        if metrics:
-            self.reports.put(metrics[0])
-
-
 class _EpochPrinter:
-    """Driver side of the relay: a thread prints each epoch (rank 0 has stored it in the metrics history)."""
+    """A thread that prints each new epoch of the run's metrics history (rank 0 stores every epoch's row before
+    it reports it), polling the run folder: no Ray actor to start before the first step."""
 
-    def __init__(self, epochs: int):
-        self.epochs = epochs
-        self.reports = Queue(actor_options={"num_cpus": 0})
+    def __init__(self, run: Run, epochs: int):
+        self.run, self.epochs = run, epochs
+        self._printed = max((row["epoch"] for row in run.metrics()), default=0)  # a resumed run's earlier epochs
         self._done = threading.Event()
-        self._thread = threading.Thread(target=self._drain, name="dltrain-printer", daemon=True)
+        self._thread = threading.Thread(target=self._follow, name="dltrain-printer", daemon=True)
 
-    def _drain(self) -> None:
-        while not (self._done.is_set() and self.reports.empty()):
-            try:
-                metrics = self.reports.get(timeout=2)  # each poll is a call to the queue's actor: keep them rare
-            except (Empty, queue.Empty):
-                continue
-            print(_epoch_line(metrics, self.epochs), flush=True)
+    def _print_new_epochs(self) -> None:
+        try:
+            rows = self.run.metrics()
+        except OSError as error:  # storage unreachable for a moment: the row is printed at the next poll
+            log.info("epoch printer: cannot read the metrics history yet: %s", error)
+            return
+        for row in rows:
+            if row["epoch"] > self._printed:
+                print(_epoch_line(row, self.epochs), flush=True)
+                self._printed = row["epoch"]
+
+    def _follow(self) -> None:
+        while not self._done.wait(timeout=2):  # one small read every 2 s, also on S3
+            self._print_new_epochs()
+        self._print_new_epochs()
 
     def __enter__(self) -> "_EpochPrinter":
         self._thread.start()
@@ -191,7 +188,6 @@ class _EpochPrinter:
     def __exit__(self, *exc_info) -> None:
         self._done.set()
         self._thread.join(timeout=30)
-        ray.kill(self.reports.actor)
 
 
 def _check_data(job: dict) -> None:
@@ -351,8 +347,8 @@ def _run(job: dict, run: Run, parameters: int) -> dict:
     with recorded(run), ray_connection(job["ray"]["address"]):
         per_worker = worker_resources(job["resources"])
         print(f"dltrain: {parameters:,} parameters; {job['resources']['num_workers']} worker(s) x {per_worker}")
-        with _EpochPrinter(job["trainer"]["epochs"]) as printer:
-            summary = execute(job, run, per_worker, [_Relay(printer.reports)])
+        with _EpochPrinter(run, job["trainer"]["epochs"]):
+            summary = execute(job, run, per_worker, callbacks=[])
     print(
         f"dltrain: run {run.id} COMPLETED: test_accuracy {summary['test_accuracy']:.4f}  "
         f"test_loss {summary['test_loss']:.4f}  {summary['wall_seconds']:.0f}s -> {run.uri}",

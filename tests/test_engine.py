@@ -99,6 +99,16 @@ def test_workers_talk_on_loopback_only(one_and_two_workers):
     assert lone["tf_workers"] == []  # one worker starts no TensorFlow server at all
 
 
+def test_embedded_ray_starts_only_the_actors_training_needs(one_and_two_workers):
+    """One machine has no preemptible nodes (no preemption watcher), and the driver prints epochs from the run
+    folder (no queue actor): two processes fewer to start before the first step."""
+    import ray
+
+    started = {actor["ActorClassName"] for actor in ray._private.state.actors().values()}
+    assert {"TrainController", "RayTrainWorker"} <= started  # what the runs above started
+    assert not {"PreemptionWatcher", "_QueueActor"} & started, started
+
+
 def test_run_folder_holds_the_whole_run(one_and_two_workers):
     runs, outcome = one_and_two_workers
     summary, _ = outcome[2]
