@@ -42,8 +42,8 @@ def test_every_group_option_composes_and_validates(group, option):
 def test_the_tuned_experiment_overrides_the_recipe_and_yields_to_the_command_line():
     job = resolve(compose_config("experiment=fashion_tuned"))
     assert job["model"] == {
-        "_target_": "dltrain.models.cnn.build_cnn", "filters": [32, 64, 128], "kernel_size": 3, "padding": "same",
-        "dropout": 0.25, "dense_units": 256, "batch_norm": True,
+        "_target_": "dltrain.models.cnn.build_cnn", "filters": [64, 128, 256], "kernel_size": 3, "padding": "same",
+        "dropout": 0.15, "dense_units": 256, "batch_norm": True,
     }  # fmt: skip
     assert (job["dataset"]["flip"], job["dataset"]["shift"]) == (True, 2)
     assert job["trainer"]["learning_rate"] == 0.002 and job["trainer"]["lr_schedule"] == "cosine"
