@@ -99,8 +99,8 @@ def ray_connection(address: str | None, dashboard: bool = False) -> Iterator[Non
             # starts them; the driver's own environment is restored at once, so that programs it starts later
             # (another dltrain command) do not join this Ray. Ray runs workers at nice 15, so on a busy machine
             # the training worker would lose the cores to anything else (scripts/bench_overhead.py: 80 s -> 32 s
-            # per epoch at nice 0). One machine has no preemptible nodes: Ray Train's preemption watcher would
-            # only be one more process to start before the first step (BENCHMARKS.md).
+            # per epoch at nice 0). One machine has no preemptible nodes: Ray Train's preemption watcher would only
+            # be one more process polling in the background.
             with _known_address(), _environment(RAY_worker_niceness="0", RAY_TRAIN_ENABLE_PREEMPTION_WATCHER="0"):
                 # address="local" always starts a new Ray: a stale /tmp/ray/ray_current_cluster cannot make it hang.
                 ray.init(address="local", include_dashboard=dashboard, **quiet)
@@ -157,7 +157,7 @@ def _epoch_line(metrics: dict, epochs: int) -> str:
 
 class _EpochPrinter:
     """A thread that prints each new epoch of the run's metrics history (rank 0 stores every epoch's row before
-    it reports it), polling the run folder: no Ray actor to start before the first step."""
+    it reports it), polling the run folder: no Ray actor to start and keep polling."""
 
     def __init__(self, run: Run, epochs: int):
         self.run, self.epochs = run, epochs
