@@ -4,6 +4,7 @@ import contextlib
 import logging
 import math
 import os
+import queue
 import socket
 import tempfile
 import threading
@@ -15,6 +16,7 @@ from typing import Any
 import ray
 import ray.train
 from ray._private import ray_constants
+from ray.util.queue import Empty, Queue
 
 from dltrain.data import DATASETS
 from dltrain.data import prepare as prepare_data
@@ -149,37 +151,39 @@ def _epoch_line(metrics: dict, epochs: int) -> str:
         f"loss {metrics['loss']:.4f}",
         f"accuracy {metrics['accuracy']:.4f}",
     ]
-    if metrics.get("val_loss") is not None:  # None: a row stored without validation
+    if "val_loss" in metrics:
         parts += [f"val_loss {metrics['val_loss']:.4f}", f"val_accuracy {metrics['val_accuracy']:.4f}"]
     parts += [f"{metrics['seconds']:.1f}s", f"{metrics['samples_per_second']:.0f} samples/s"]
     return "  ".join(parts)
 
 
+class _Relay(ray.train.UserCallback):
+    """Runs in Ray Train's controller: passes rank 0's reports to the driver once every worker has reported."""
+
+    def __init__(self, reports: Queue):
+        self.reports = reports
+
+    def after_report(self, run_context, metrics: list[dict], checkpoint) -> None:
+        if metrics:
+            self.reports.put(metrics[0])
+
+
 class _EpochPrinter:
-    """A thread that prints each new epoch of the run's metrics history (rank 0 stores every epoch's row before
-    it reports it), polling the run folder: no Ray actor to start and keep polling."""
+    """Driver side of the relay: a thread prints each epoch (rank 0 has stored it in the metrics history)."""
 
-    def __init__(self, run: Run, epochs: int):
-        self.run, self.epochs = run, epochs
-        self._printed = max((row["epoch"] for row in run.metrics()), default=0)  # a resumed run's earlier epochs
+    def __init__(self, epochs: int):
+        self.epochs = epochs
+        self.reports = Queue(actor_options={"num_cpus": 0})
         self._done = threading.Event()
-        self._thread = threading.Thread(target=self._follow, name="dltrain-printer", daemon=True)
+        self._thread = threading.Thread(target=self._drain, name="dltrain-printer", daemon=True)
 
-    def _print_new_epochs(self) -> None:
-        try:
-            rows = self.run.metrics()
-        except OSError as error:  # storage unreachable for a moment: the row is printed at the next poll
-            log.info("epoch printer: cannot read the metrics history yet: %s", error)
-            return
-        for row in rows:
-            if row["epoch"] > self._printed:
-                print(_epoch_line(row, self.epochs), flush=True)
-                self._printed = row["epoch"]
-
-    def _follow(self) -> None:
-        while not self._done.wait(timeout=2):  # one small read every 2 s, also on S3
-            self._print_new_epochs()
-        self._print_new_epochs()
+    def _drain(self) -> None:
+        while not (self._done.is_set() and self.reports.empty()):
+            try:
+                metrics = self.reports.get(timeout=2)  # each poll is a call to the queue's actor: keep them rare
+            except (Empty, queue.Empty):
+                continue
+            print(_epoch_line(metrics, self.epochs), flush=True)
 
     def __enter__(self) -> "_EpochPrinter":
         self._thread.start()
@@ -188,6 +192,7 @@ class _EpochPrinter:
     def __exit__(self, *exc_info) -> None:
         self._done.set()
         self._thread.join(timeout=30)
+        ray.kill(self.reports.actor)
 
 
 def _check_data(job: dict) -> None:
@@ -347,8 +352,8 @@ def _run(job: dict, run: Run, parameters: int) -> dict:
     with recorded(run), ray_connection(job["ray"]["address"]):
         per_worker = worker_resources(job["resources"])
         print(f"dltrain: {parameters:,} parameters; {job['resources']['num_workers']} worker(s) x {per_worker}")
-        with _EpochPrinter(run, job["trainer"]["epochs"]):
-            summary = execute(job, run, per_worker, callbacks=[])
+        with _EpochPrinter(job["trainer"]["epochs"]) as printer:
+            summary = execute(job, run, per_worker, [_Relay(printer.reports)])
     print(
         f"dltrain: run {run.id} COMPLETED: test_accuracy {summary['test_accuracy']:.4f}  "
         f"test_loss {summary['test_loss']:.4f}  {summary['wall_seconds']:.0f}s -> {run.uri}",

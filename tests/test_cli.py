@@ -139,6 +139,7 @@ def test_resume_after_the_driver_dies_completes_the_same_run(real_data, tmp_path
     epochs = [line.split("  ")[0] for line in result.stdout.splitlines() if line.startswith("epoch ")]
     first = int(epochs[0].split()[1].split("/")[0])
     assert 3 <= first <= 6 and epochs[-1] == "epoch 6/6"  # continued from a checkpoint, not from scratch
+    assert epochs == [f"epoch {epoch}/6" for epoch in range(first, 7)]  # each new epoch printed once, in order
     status = json.loads((run / "status.json").read_text())
     assert status["status"] == "COMPLETED" and len(status["resumed"]) == 1
     assert json.loads((run / "summary.json").read_text())["epochs"] == 6

@@ -71,10 +71,9 @@ def _restore(model: keras.Model) -> int:
 class _RayReport(keras.callbacks.Callback):
     """Each epoch: history row and checkpoint (rank 0), upload events and logs, and report the metrics to Ray.
 
-    Ray uploads the checkpoint into the run folder in the background (its ASYNC mode), so training goes on
-    meanwhile; the report reaches Ray once the upload is done, and Ray waits for the last upload before the worker
-    ends. The row gets `checkpoint_seconds`: the time the epoch end kept rank 0 from training (the history row, the
-    local model save, the TensorBoard and log uploads), so users see what checkpointing costs next to `seconds`.
+    The row gets `checkpoint_seconds`: the time all of that took rank 0 (the history row, the model save, Ray's
+    persistence of the checkpoint into the run folder, the TensorBoard and log uploads), so users see what
+    checkpointing costs next to the epoch's `seconds`.
     """
 
     def __init__(self, run: Run, stage: Path, rank: int, log_file: Path):
@@ -89,9 +88,9 @@ class _RayReport(keras.callbacks.Callback):
         if self.rank == 0:
             # The history row is stored before its checkpoint, so no checkpointed epoch lacks one.
             self.run.record_epoch(metrics)
-            # A folder of its own per epoch, outside the stage (which goes when training ends): Ray deletes it once
-            # uploaded, possibly after the next epoch has begun.
-            folder = Path(tempfile.mkdtemp(prefix=f"dltrain-{self.run.id}-epoch{epoch + 1}-"))
+            folder = self.stage / "checkpoint"
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
             self.model.save(folder / _MODEL_FILE)
             (folder / _STATE_FILE).write_text(json.dumps({"epochs_done": epoch + 1}))
             checkpoint = ray.train.Checkpoint.from_directory(folder)
@@ -101,8 +100,6 @@ class _RayReport(keras.callbacks.Callback):
             {key: value for key, value in metrics.items() if key != "checkpoint_seconds"},
             checkpoint=checkpoint,
             checkpoint_dir_name=f"checkpoints/epoch-{epoch + 1:04d}",
-            checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC,
-            delete_local_checkpoint_after_upload=True,
         )
         if self.rank == 0:
             self.run.record_epoch(metrics | {"checkpoint_seconds": time.perf_counter() - started})
