@@ -241,13 +241,16 @@ def fit(fittable: Any) -> Any:
 
 
 def _describe(error: Exception) -> str:
-    """One line for a failed fit(): the first failing worker's own error where Ray wraps it."""
+    """One line for a failed fit(): the first failing worker's own error where Ray wraps it, and the error line,
+    not the header, of a traceback Ray passes on as text (Tune does, for a failure in its own handlers)."""
     if isinstance(error, ray.train.WorkerGroupError) and error.worker_failures:
         rank, failure = min(error.worker_failures.items())
         lines = [line.strip() for line in str(failure).splitlines() if line.strip()]
         return f"worker {rank}: {lines[-1] if lines else type(failure).__name__}"
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[0] if lines else type(error).__name__
+    if not lines:
+        return type(error).__name__
+    return lines[-1] if lines[0].startswith("Traceback") else lines[0]
 
 
 def _open_storage(config: dict) -> Storage:
@@ -343,6 +346,8 @@ def recorded(run: Run) -> Iterator[None]:
         run.set_status("FAILED", str(error))
         raise
     except Exception as error:
+        # The whole traceback, at INFO: for the driver log, while the console gets the one line below.
+        logging.getLogger(__name__).info("run %s failed", run.id, exc_info=True)
         message = _describe(error)
         run.set_status("FAILED", message)
         raise DltrainError(f"run {run.id} FAILED: {message} (logs: {run.uri}/logs)") from error

@@ -125,17 +125,25 @@ def _search_algorithm(sweep: dict, at_once: int) -> Any:
 
 
 def _trial(params: dict, job: dict, sweep_id: str, per_worker: dict) -> None:
-    """One trial, in its Tune actor: a dltrain run of `job` with the trial's values (resumed if it exists)."""
+    """One trial, in its Tune actor: a dltrain run of `job` with the trial's values (resumed if it exists, and
+    not trained again if it has COMPLETED), ending with a report of its last epoch and test metrics.
+
+    Ray Train reports each epoch to Tune as it ends. A trial resumed after its last checkpoint trains no epoch,
+    and Tune fails a sweep whose trial ends without reporting its metric: the last report covers that trial.
+    """
     trial_job = search_space.assign(job, params) | {"sweep": None, "resume": None}
     store = RunStore(open_storage(job["storage"]))
     run_id = trial_run_id(sweep_id, tune.get_context().get_trial_id())
     try:
-        run = store.get(run_id)
-        run.mark_resumed()
+        run, resuming = store.get(run_id), True
     except ValueError:
-        run = store.create(trial_job, framework.versions(), run_id)
-    with launch.recorded(run):
-        launch.execute(trial_job, run, per_worker, [TuneReportCallback()])
+        run, resuming = store.create(trial_job, framework.versions(), run_id), False
+    if run.status()["status"] != "COMPLETED":
+        if resuming:
+            run.mark_resumed()
+        with launch.recorded(run):
+            launch.execute(trial_job, run, per_worker, [TuneReportCallback()])
+    tune.report(run.metrics()[-1] | run.test_metrics())
 
 
 class _Progress(tune.Callback):

@@ -1,11 +1,13 @@
 """The run store on local storage: ids, status transitions, metrics history, redaction, atomic writes."""
 
+import logging
 import re
 from pathlib import Path
 
 import pytest
 
-from dltrain.launch import completed_config
+from dltrain.errors import DltrainError
+from dltrain.launch import completed_config, recorded
 from dltrain.runs import RunStore, new_run_id, redact
 from dltrain.storage import open_storage
 
@@ -37,6 +39,18 @@ def test_status_lifecycle_records_times_and_errors(store):
     assert status["created"] <= status["started"] <= status["ended"]
     with pytest.raises(ValueError, match="status='DONE'; expected one of PENDING"):
         run.set_status("DONE")
+
+
+def test_a_failure_ends_in_its_error_line_and_logs_its_traceback(store, caplog):
+    """Tune hands on a failure in its own handlers as a traceback in text: the run's error is its last line."""
+    run = store.create({}, {})
+    tune_error = RuntimeError("Traceback (most recent call last):\n  File \"x.py\", line 1\nKeyError: 'epoch'\n")
+    with caplog.at_level(logging.INFO), pytest.raises(DltrainError) as raised, recorded(run):
+        raise tune_error
+    assert str(raised.value) == f"run {run.id} FAILED: KeyError: 'epoch' (logs: {run.uri}/logs)"
+    assert run.status()["status"] == "FAILED" and run.status()["error"] == "KeyError: 'epoch'"
+    record = caplog.records[-1]  # the whole traceback, at INFO: for the driver log, not the console
+    assert record.exc_info[1] is tune_error and record.levelno == logging.INFO
 
 
 def test_metrics_history_replaces_a_repeated_epoch(store):

@@ -125,6 +125,10 @@ def _trial_folders(storage: Path, sweep_id: str) -> list[Path]:
     return sorted(path for path in storage.iterdir() if path.name.startswith(f"{sweep_id}-"))
 
 
+def _status(run_folder: Path) -> dict:
+    return json.loads((run_folder / "status.json").read_text())
+
+
 def _check_trials_table(storage: Path, sweep_id: str, keys: list[str]) -> list[dict]:
     """trials.parquet agrees with the trials' own run folders; returns its rows."""
     rows = pq.read_table(storage / sweep_id / "trials.parquet").to_pylist()
@@ -132,7 +136,7 @@ def _check_trials_table(storage: Path, sweep_id: str, keys: list[str]) -> list[d
     assert sorted(row["run_id"] for row in rows) == [folder.name for folder in folders]
     for row in rows:
         run = storage / row["run_id"]
-        status = json.loads((run / "status.json").read_text())
+        status = _status(run)
         history = pq.read_table(run / "metrics.parquet").to_pylist()
         config = yaml.safe_load((run / "config.yaml").read_text())
         assert row["status"] == status["status"]
@@ -159,7 +163,7 @@ def test_asha_sweep_stops_poor_trials_early_and_records_every_trial(real_data, t
     assert stopped and all(row["epochs"] < 4 for row in stopped)
     assert all(row["epochs"] == 4 and row["test_accuracy"] > 0.1 for row in rows if row["status"] == "COMPLETED")
     for row in stopped:
-        status = json.loads((tmp_path / row["run_id"] / "status.json").read_text())
+        status = _status(tmp_path / row["run_id"])
         assert status["error"] == f"stopped early by the asha scheduler after epoch {row['epochs']}"
 
     summary = json.loads((tmp_path / sweep_id / "summary.json").read_text())
@@ -169,7 +173,7 @@ def test_asha_sweep_stops_poor_trials_early_and_records_every_trial(real_data, t
     assert (summary["trials"], summary["trial_epochs"], summary["budget_epochs"]) == (
         4, sum(row["epochs"] for row in rows), 16,
     )  # fmt: skip
-    assert json.loads((tmp_path / sweep_id / "status.json").read_text())["status"] == "COMPLETED"
+    assert _status(tmp_path / sweep_id)["status"] == "COMPLETED"
     assert (tmp_path / sweep_id / "config.yaml").is_file() and (tmp_path / sweep_id / "logs" / "driver.log").is_file()
     assert "trial  " in result.stdout and "val_accuracy" in result.stdout  # the progress table
     assert result.stdout.splitlines()[-1].startswith(f"dltrain: best val_accuracy {best['best_val_accuracy']:.4f}: ")
@@ -191,18 +195,24 @@ def test_grid_sweep_interrupted_on_the_driver_resumes_to_exactly_the_grid(real_d
     try:
         sweep_id = process.stdout.readline().split()[2]
         deadline = time.monotonic() + 600
-        # Wait until Tune has saved its state and a trial has finished an epoch, then kill everything, as a reboot.
+        # Wait until Tune has saved its state and a trial has checkpointed its last epoch, then kill everything, as
+        # a reboot: resumed, that trial has no epoch left to train, yet Tune must still hear its metric.
         while not (
             list((tmp_path / sweep_id / "tune").glob("experiment_state-*.json"))
-            and any((run / "metrics.parquet").is_file() for run in _trial_folders(tmp_path, sweep_id))
+            and any((run / "checkpoints" / "epoch-0002").is_dir() for run in _trial_folders(tmp_path, sweep_id))
         ):
             assert time.monotonic() < deadline and process.poll() is None, "the sweep made no progress"
-            time.sleep(1)
+            time.sleep(0.2)
         os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=30)
     finally:
         process.kill()
-    assert json.loads((tmp_path / sweep_id / "status.json").read_text())["status"] == "RUNNING"
+    assert _status(tmp_path / sweep_id)["status"] == "RUNNING"
+    interrupted = [
+        run.name
+        for run in _trial_folders(tmp_path, sweep_id)
+        if (run / "status.json").is_file() and _status(run)["status"] == "RUNNING"
+    ]
 
     result = _dltrain(f"resume={sweep_id}", f"storage.uri={tmp_path}")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -211,10 +221,8 @@ def test_grid_sweep_interrupted_on_the_driver_resumes_to_exactly_the_grid(real_d
     grid = sorted((row["trainer.learning_rate"], row["model.dropout"]) for row in rows)
     assert grid == [(0.001, 0.2), (0.001, 0.4), (0.003, 0.2), (0.003, 0.4)]
     assert all(row["status"] == "COMPLETED" and row["epochs"] == 2 for row in rows)
-    resumed = [
-        run for run in _trial_folders(tmp_path, sweep_id) if "resumed" in json.loads((run / "status.json").read_text())
-    ]
-    assert resumed  # the interrupted trials continued their own runs
+    # The interrupted trials continued their own runs.
+    assert interrupted and all("resumed" in _status(tmp_path / run_id) for run_id in interrupted)
     summary = json.loads((tmp_path / sweep_id / "summary.json").read_text())
     assert summary["completed"] == 4 and summary["trial_epochs"] == summary["budget_epochs"] == 8
 
