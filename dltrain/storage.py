@@ -58,7 +58,11 @@ class Storage:
     def upload(self, local_folder: str | Path, path: str) -> None:
         """Copy a local folder's files to `path`, replacing files of the same name."""
         self.filesystem.create_dir(path, recursive=True)
-        pafs.copy_files(str(local_folder), path, destination_filesystem=self.filesystem)
+        # One file after another, as Ray uploads checkpoints (ray-project/ray#38695; threaded uploads to S3 can
+        # hang: apache/arrow#32372). Threaded, a folder with subfolders (TensorBoard's train/ and validation/)
+        # took 1 s per call on S3 here, 43x the unthreaded 0.02 s (scripts/bench_storage.py); a large file still
+        # uploads its parts in parallel (S3FileSystem's background_writes).
+        pafs.copy_files(str(local_folder), path, destination_filesystem=self.filesystem, use_threads=False)
 
     def list_folders(self, path: str) -> list[str]:
         """Names of the folders directly below `path`."""

@@ -13,7 +13,7 @@ import pytest
 from s3server import S3Server, create_bucket, free_ports
 
 from dltrain.data import fashion_mnist
-from dltrain.storage import check_bucket
+from dltrain.storage import check_bucket, open_storage
 
 pytestmark = pytest.mark.slow
 SMALL = ["dataset.limit=1280", "trainer.batch_size=64"]
@@ -157,3 +157,22 @@ def test_create_bucket_makes_a_missing_bucket(s3_session_server, monkeypatch):
     check_bucket(name, server.endpoint_url, None, create=True)
     check_bucket(name, server.endpoint_url, None, create=False)  # now it exists
     assert name in {bucket["Name"] for bucket in server.client().list_buckets()["Buckets"]}
+
+
+def test_upload_copies_a_nested_folder_and_replaces_changed_files(s3_session_server, monkeypatch, tmp_path):
+    """The per-epoch TensorBoard upload: train/ and validation/ subfolders, files that grow every epoch."""
+    server = s3_session_server
+    for name, value in server.env().items():
+        monkeypatch.setenv(name, value)
+    bucket = create_bucket(server)
+    storage = open_storage({"uri": f"s3://{bucket}/runs", "endpoint_url": server.endpoint_url})
+    for epoch in (1, 2):
+        for part in ("train", "validation"):
+            (tmp_path / "tensorboard" / part).mkdir(parents=True, exist_ok=True)
+            (tmp_path / "tensorboard" / part / "events").write_text(f"{part} up to epoch {epoch}")
+        storage.upload(tmp_path / "tensorboard", storage.join("run", "tensorboard"))
+    files = {key: content for key, content in _objects(server, bucket).items() if not key.endswith("/")}
+    assert files == {  # folder markers aside
+        "runs/run/tensorboard/train/events": b"train up to epoch 2",
+        "runs/run/tensorboard/validation/events": b"validation up to epoch 2",
+    }
