@@ -347,7 +347,7 @@ def recorded(run: Run) -> Iterator[None]:
         raise
     except Exception as error:
         # The whole traceback, at INFO: for the driver log, while the console gets the one line below.
-        logging.getLogger(__name__).info("run %s failed", run.id, exc_info=True)
+        log.info("run %s failed", run.id, exc_info=True)
         message = _describe(error)
         run.set_status("FAILED", message)
         raise DltrainError(f"run {run.id} FAILED: {message} (logs: {run.uri}/logs)") from error
