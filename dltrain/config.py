@@ -16,6 +16,7 @@ from omegaconf.errors import MissingMandatoryValue
 from dltrain import search_space
 from dltrain.data import DATASETS
 from dltrain.errors import DltrainError
+from dltrain.storage import DEFAULT_RETRY_SECONDS
 
 FRAMEWORKS = ("tensorflow",)
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
@@ -76,12 +77,15 @@ _RULES: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
         ),
         "region": (_optional(lambda v: isinstance(v, str) and v != ""), "null or an AWS region name"),
         "create_bucket": (lambda v: isinstance(v, bool), "true or false"),
+        "retry_seconds": (lambda v: _is_number(v) and v >= 0, "a number >= 0 (seconds)"),
     },
     "framework": {"name": (lambda v: v in FRAMEWORKS, "one of " + ", ".join(FRAMEWORKS))},
     "ray": {"address": (_optional(lambda v: isinstance(v, str) and v != ""), "null or a Ray address")},
 }
 # Keys a config group option may leave out, and what they then mean (storage=local has no S3 settings).
-_DEFAULTS = {"storage": {"endpoint_url": None, "region": None, "create_bucket": False}}
+_DEFAULTS = {
+    "storage": {"endpoint_url": None, "region": None, "create_bucket": False, "retry_seconds": DEFAULT_RETRY_SECONDS}
+}
 _SECTIONS = (*_RULES, "model", "resume", "sweep")
 
 _SWEEP_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {

@@ -4,6 +4,7 @@ Ray Train persists checkpoints through the same (filesystem, path) pair, so dltr
 one folder per run.
 """
 
+import dataclasses
 import os
 import re
 import uuid
@@ -13,12 +14,22 @@ from urllib.parse import urlsplit
 
 import pyarrow.fs as pafs
 
-_S3_ATTEMPTS = 10  # ~1 minute of backoff: rides out a restarting server, then fails clearly
+from dltrain.retrying_fs import retrying, with_retry_seconds
+
+# Attempts of one request inside pyarrow: a dropped request is repeated at once; outages are ridden out above it,
+# by dltrain's retrying filesystem, for storage.retry_seconds.
+_S3_ATTEMPTS = 3
+DEFAULT_RETRY_SECONDS = 60
 
 
 def default_local_root() -> Path:
     """$DLTRAIN_STORAGE, else ~/dltrain_results."""
     return Path(os.environ.get("DLTRAIN_STORAGE") or Path.home() / "dltrain_results")
+
+
+def cache_dir() -> Path:
+    """dltrain's cache on this machine: $DLTRAIN_CACHE, else ~/.cache/dltrain."""
+    return Path(os.environ.get("DLTRAIN_CACHE") or Path.home() / ".cache" / "dltrain")
 
 
 @dataclass(frozen=True)
@@ -36,6 +47,10 @@ class Storage:
     def uri_of(self, *parts: str) -> str:
         """User-facing location of `parts` below the root."""
         return "/".join([self.uri.rstrip("/"), *parts])
+
+    def with_retry_seconds(self, seconds: float) -> "Storage":
+        """The same folder, with calls retried through outages for `seconds` (where this storage retries)."""
+        return dataclasses.replace(self, filesystem=with_retry_seconds(self.filesystem, seconds))
 
     def write_bytes(self, path: str, data: bytes) -> None:
         """Write a whole file atomically: readers see the old content or the new, never a part."""
@@ -83,24 +98,32 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
     return match["bucket"], (match["prefix"] or "").strip("/")
 
 
-def s3_filesystem(endpoint_url: str | None = None, region: str | None = None) -> pafs.S3FileSystem:
+def s3_filesystem(
+    endpoint_url: str | None = None, region: str | None = None, retry_seconds: float = DEFAULT_RETRY_SECONDS
+) -> pafs.FileSystem:
     """A pyarrow S3 filesystem with credentials from the standard AWS chain (environment, profile, role).
 
-    Transient errors (throttling, 5xx, dropped connections) are retried with exponential backoff for about a
-    minute before an operation fails.
+    Every call rides out outages: transient errors (refused or dropped connections, timeouts, 5xx, throttling)
+    are retried with backoff for `retry_seconds`, then fail with one line naming the endpoint (retrying_fs.py).
     """
+    region = region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
     options = {
-        "region": region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
+        "region": region,
         "connect_timeout": 5,
         "request_timeout": 60,
         "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=_S3_ATTEMPTS),
+        # Parts are uploaded by the thread that writes them. Background writes run on Arrow's I/O pool, which
+        # pyarrow.fs.copy_files also runs on: nested, they can deadlock (apache/arrow#32372), and Ray copies
+        # checkpoints with threads once the filesystem is not an S3FileSystem itself.
+        "background_writes": False,
     }
     if endpoint_url:
         parts = urlsplit(endpoint_url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ValueError(f"storage.endpoint_url={endpoint_url!r} is not an http(s)://host:port URL")
         options |= {"endpoint_override": parts.netloc, "scheme": parts.scheme}
-    return pafs.S3FileSystem(**options)
+    where = f"S3 at {endpoint_url}" if endpoint_url else f"S3 ({region})"
+    return retrying(pafs.S3FileSystem(**options), retry_seconds, where)
 
 
 def check_bucket(bucket: str, endpoint_url: str | None, region: str | None, create: bool) -> None:
@@ -140,7 +163,9 @@ def check_bucket(bucket: str, endpoint_url: str | None, region: str | None, crea
             raise ValueError(f"S3 bucket {bucket!r}{where}: {error}") from error
 
 
-def cache_s3_folder(uri: str, names: list[str], endpoint_url: str | None, region: str | None) -> Path:
+def cache_s3_folder(
+    uri: str, names: list[str], endpoint_url: str | None, region: str | None, retry_seconds: float
+) -> Path:
     """Download `names` from the S3 folder `uri` into this machine's cache once; returns the local folder.
 
     Safe when several workers share a node: one downloads under a file lock, and a file appears under its
@@ -149,9 +174,9 @@ def cache_s3_folder(uri: str, names: list[str], endpoint_url: str | None, region
     from filelock import FileLock
 
     bucket, prefix = parse_s3_uri(uri)
-    cache = Path(os.environ.get("DLTRAIN_CACHE") or Path.home() / ".cache" / "dltrain") / "s3" / bucket / prefix
+    cache = cache_dir() / "s3" / bucket / prefix
     cache.mkdir(parents=True, exist_ok=True)
-    filesystem = s3_filesystem(endpoint_url, region)
+    filesystem = s3_filesystem(endpoint_url, region, retry_seconds)
     with FileLock(cache / ".download.lock"):
         for name in names:
             if (cache / name).is_file():
@@ -170,7 +195,9 @@ def open_storage(config: dict) -> Storage:
     uri = config["uri"]
     if uri and uri.startswith("s3://"):
         bucket, prefix = parse_s3_uri(uri)
-        filesystem = s3_filesystem(config.get("endpoint_url"), config.get("region"))
+        filesystem = s3_filesystem(
+            config.get("endpoint_url"), config.get("region"), config.get("retry_seconds", DEFAULT_RETRY_SECONDS)
+        )
         return Storage(filesystem, f"{bucket}/{prefix}".rstrip("/"), uri.rstrip("/"))
     if uri and "://" in uri and not uri.startswith("file://"):
         raise ValueError(f"storage.uri={uri}: expected a local folder or s3://bucket/prefix")

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
-from s3server import s3_bucket, s3_server, s3_session_server  # noqa: F401 - fixtures for every test module
+from outage import s3_outages  # noqa: F401 - fixtures for every test module
+from s3server import s3_bucket, s3_server, s3_session_server  # noqa: F401
 
 from dltrain.__main__ import CONFIG_DIR
 

@@ -36,7 +36,7 @@ def test_every_group_option_composes_and_validates(group, option):
     job = resolve(compose_config(f"{group}={option}", *required))
     assert set(job) == {"model", "dataset", "resources", "storage", "framework", "trainer", "ray", "resume", "sweep"}
     assert (job["sweep"] is None) == (group != "sweep")
-    assert set(job["storage"]) == {"uri", "endpoint_url", "region", "create_bucket"}
+    assert set(job["storage"]) == {"uri", "endpoint_url", "region", "create_bucket", "retry_seconds"}
 
 
 def test_the_tuned_experiment_overrides_the_recipe_and_yields_to_the_command_line():

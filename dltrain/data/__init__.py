@@ -20,5 +20,5 @@ def prepare(dataset: dict, storage: dict) -> Path:
     path = dataset["path"]
     if path and path.startswith("s3://"):
         names = [name for name, _ in module.FILES.values()]
-        path = str(cache_s3_folder(path, names, storage["endpoint_url"], storage["region"]))
+        path = str(cache_s3_folder(path, names, storage["endpoint_url"], storage["region"], storage["retry_seconds"]))
     return module.prepare(path, dataset["mirror"])
