@@ -6,6 +6,7 @@ import math
 import os
 import queue
 import socket
+import sys
 import tempfile
 import threading
 import time
@@ -24,7 +25,8 @@ from dltrain.data.idx import IdxError
 from dltrain.errors import DltrainError
 from dltrain.frameworks import tensorflow as framework
 from dltrain.logs import output_to
-from dltrain.runs import Run, RunStore
+from dltrain.retrying_fs import unavailable_in
+from dltrain.runs import Run, RunStore, StatusPending
 from dltrain.storage import Storage, check_storage, open_storage
 
 log = logging.getLogger("dltrain")
@@ -241,8 +243,11 @@ def fit(fittable: Any) -> Any:
 
 
 def _describe(error: Exception) -> str:
-    """One line for a failed fit(): the first failing worker's own error where Ray wraps it, and the error line,
-    not the header, of a traceback Ray passes on as text (Tune does, for a failure in its own handlers)."""
+    """One line for a failed fit(): the storage outage that ended it, else the first failing worker's own error
+    where Ray wraps it, and the error line, not the header, of a traceback Ray passes on as text (Tune does, for a
+    failure in its own handlers)."""
+    if unavailable := unavailable_in(error):
+        return str(unavailable)
     if isinstance(error, ray.train.WorkerGroupError) and error.worker_failures:
         rank, failure = min(error.worker_failures.items())
         lines = [line.strip() for line in str(failure).splitlines() if line.strip()]
@@ -254,9 +259,12 @@ def _describe(error: Exception) -> str:
 
 
 def _open_storage(config: dict) -> Storage:
+    """The storage `config` names, checked, with the final statuses this machine kept for it written."""
     try:
         check_storage(config)
-        return open_storage(config)
+        storage = open_storage(config)
+        RunStore(storage).write_pending()
+        return storage
     except (OSError, ValueError) as error:
         raise DltrainError(f"storage: {error}") from error
 
@@ -330,7 +338,10 @@ def _logging_to(driver_log: Path | None, run: Run) -> Iterator[None]:
     finally:
         root.removeHandler(handler)
         handler.close()
-        run.storage.write_bytes(f"{run.path}/logs/driver.log", driver_log.read_bytes())
+        try:
+            run.storage.write_bytes(f"{run.path}/logs/driver.log", driver_log.read_bytes())
+        except OSError as error:  # an outage outlasted the retries: the log stays here, and the run's error shows
+            print(f"dltrain: the driver log stays in {driver_log}: {error}", file=sys.stderr, flush=True)
 
 
 @contextlib.contextmanager
@@ -339,18 +350,28 @@ def recorded(run: Run) -> Iterator[None]:
     try:
         yield
     except KeyboardInterrupt:
-        run.set_status("STOPPED", "interrupted by the user")
+        _final_status(run, "STOPPED", "interrupted by the user")
         print(f"dltrain: run {run.id} STOPPED; its checkpoints are in {run.uri}", flush=True)
         raise
+    except StatusPending:
+        raise
     except DltrainError as error:
-        run.set_status("FAILED", str(error))
+        _final_status(run, "FAILED", str(error))
         raise
     except Exception as error:
         # The whole traceback, at INFO: for the driver log, while the console gets the one line below.
         log.info("run %s failed", run.id, exc_info=True)
         message = _describe(error)
-        run.set_status("FAILED", message)
+        _final_status(run, "FAILED", message)
         raise DltrainError(f"run {run.id} FAILED: {message} (logs: {run.uri}/logs)") from error
+
+
+def _final_status(run: Run, status: str, error: str) -> None:
+    """Record how `run` ended; where the storage does not answer, say in one line where the status is kept."""
+    try:
+        run.set_status(status, error)
+    except StatusPending as pending:
+        print(f"dltrain: warning: {pending}", file=sys.stderr, flush=True)
 
 
 def _run(job: dict, run: Run, parameters: int) -> dict:
@@ -371,7 +392,8 @@ def execute(job: dict, run: Run, per_worker: dict, callbacks: list[ray.train.Use
     """Train `job` into `run` on the connected Ray, mark it RUNNING then COMPLETED, and return its summary."""
     started = time.time()
     run.set_status("RUNNING")
-    fit(framework.make_trainer(job, run, per_worker, callbacks))
+    with run.heartbeat():
+        fit(framework.make_trainer(job, run, per_worker, callbacks))
     summary = {
         "run_id": run.id,
         "status": "COMPLETED",

@@ -1,7 +1,8 @@
 """The run store: one folder per run id holding config, status, metrics history, summary and artifacts.
 
 <storage>/<run id>/config.yaml        resolved config, secrets redacted
-                   status.json        PENDING / RUNNING / COMPLETED / FAILED / STOPPED, timestamps, error
+                   status.json        PENDING / RUNNING / COMPLETED / FAILED / STOPPED, timestamps, error, and
+                                      the driver's heartbeat while RUNNING
                    metrics.parquet    one row per epoch
                    summary.json       written once a run has ended
                    model/model.keras  the final model, and model/test_metrics.json its test loss and accuracy
@@ -9,24 +10,50 @@
                    tensorboard/, logs/
 """
 
+import contextlib
+import hashlib
 import io
 import json
+import logging
 import re
 import secrets
+import threading
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-from dltrain.storage import Storage
+from dltrain.errors import DltrainError
+from dltrain.retrying_fs import StorageUnavailable
+from dltrain.storage import Storage, cache_dir
+
+log = logging.getLogger(__name__)
 
 STATUSES = ("PENDING", "RUNNING", "COMPLETED", "FAILED", "STOPPED")
 ENDED = ("COMPLETED", "FAILED", "STOPPED")
 _SECRET_KEY = re.compile(r"secret|password|passwd|token|credential|private_key|access_key", re.IGNORECASE)
 REDACTED = "***"
 TEST_METRICS_FILE = "test_metrics.json"  # in model/, beside the final model: its test loss and accuracy
+# While a run is RUNNING its driver refreshes status.json's `heartbeat` this often; a reader can take a RUNNING run
+# whose heartbeat is minutes old for one whose driver died. Each refresh gives up after this long in an outage:
+# the next one tries again.
+HEARTBEAT_SECONDS = 15
+# A final status (COMPLETED, FAILED, STOPPED) is retried for this many of the storage's retry windows before it
+# is kept on this machine instead (pending_dir()), to be written by the next command that opens the storage.
+FINAL_STATUS_WINDOWS = 2
+
+
+class StatusPending(DltrainError):
+    """A run's final status could not be stored; it is kept on this machine until the storage answers."""
+
+
+def pending_dir(storage: Storage) -> Path:
+    """Where this machine keeps the final statuses that `storage` did not take: one JSON file per run."""
+    return cache_dir() / "pending" / hashlib.sha256(storage.uri.encode()).hexdigest()[:16]
 
 
 def new_run_id() -> str:
@@ -58,6 +85,8 @@ class Run:
         self.id = run_id
         self.path = storage.join(run_id)
         self.uri = storage.uri_of(run_id)
+        self._status_lock = threading.Lock()
+        self._stop_heartbeat = threading.Event()
 
     def _write_json(self, name: str, data: dict) -> None:
         self.storage.write_bytes(f"{self.path}/{name}", json.dumps(data, indent=2).encode())
@@ -78,24 +107,85 @@ class Run:
         """The content of status.json."""
         return self._read_json("status.json")
 
+    def _update_status(self, change: Callable[[dict], dict | None], storage: Storage | None = None) -> None:
+        """Read status.json, apply `change` (None: leave it as it is) and write it back, one writer at a time."""
+        storage = storage or self.storage
+        path = f"{self.path}/status.json"
+        with self._status_lock:
+            record = json.loads(storage.read_bytes(path)) if storage.exists(path) else {"created": _now()}
+            changed = change(record)
+            if changed is not None:
+                storage.write_bytes(path, json.dumps(changed, indent=2).encode())
+
     def set_status(self, status: str, error: str | None = None) -> None:
-        """Record a status transition with its time; `error` explains a FAILED or STOPPED run."""
+        """Record a status transition with its time; `error` explains a FAILED or STOPPED run.
+
+        A final status is retried through FINAL_STATUS_WINDOWS retry windows of the storage; if the storage still
+        does not answer, it is kept on this machine (StatusPending says where) and written by the next command
+        that opens this storage (RunStore.write_pending).
+        """
         if status not in STATUSES:
             raise ValueError(f"status={status!r}; expected one of {', '.join(STATUSES)}")
-        record = self.status() if self.storage.exists(f"{self.path}/status.json") else {"created": _now()}
-        record |= {"run_id": self.id, "status": status, "updated": _now()}
+        now = _now()
+        fields = {"run_id": self.id, "status": status, "updated": now, "error": error}
         if status == "RUNNING":
-            record.setdefault("started", record["updated"])
+            fields["heartbeat"] = now
         if status in ENDED:
-            record["ended"] = record["updated"]
-        record["error"] = error
-        self._write_json("status.json", record)
+            fields["ended"] = now
+            self._stop_heartbeat.set()  # no heartbeat write may land after this one
+
+        def change(record: dict) -> dict:
+            changed = record | fields
+            if status == "RUNNING":
+                changed.setdefault("started", now)
+            return changed
+
+        for _ in range(FINAL_STATUS_WINDOWS if status in ENDED else 1):
+            try:
+                self._update_status(change)
+                return
+            except StorageUnavailable as unavailable:
+                if status not in ENDED:
+                    raise
+                failure = unavailable
+        kept = pending_dir(self.storage) / f"{self.id}.json"
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        kept.write_text(json.dumps(fields))
+        raise StatusPending(
+            f"run {self.id} is {status} but {failure}; the status is kept in {kept} and written to {self.uri} "
+            "by the next dltrain command on that storage (resume= does it)"
+        )
+
+    @contextlib.contextmanager
+    def heartbeat(self, seconds: float = HEARTBEAT_SECONDS) -> Iterator[None]:
+        """While the block runs, refresh status.json's `heartbeat` every `seconds` as long as the run is RUNNING;
+        none is written once the block has ended or a final status is set."""
+        storage = self.storage.with_retry_seconds(seconds)
+
+        def beat(record: dict) -> dict | None:
+            if self._stop_heartbeat.is_set() or record.get("status") != "RUNNING":
+                return None
+            return record | {"heartbeat": _now()}
+
+        def refresh() -> None:
+            while not self._stop_heartbeat.wait(seconds):
+                try:
+                    self._update_status(beat, storage)
+                except OSError as error:  # an outage: the next beat tries again
+                    log.info("run %s: heartbeat not stored: %s", self.id, error)
+
+        self._stop_heartbeat.clear()
+        thread = threading.Thread(target=refresh, name=f"dltrain-heartbeat-{self.id}", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            self._stop_heartbeat.set()
+            thread.join()  # at most one write in flight, which gives up within `seconds`
 
     def mark_resumed(self) -> None:
         """Record that the run is being resumed (status.json keeps the times of every resume)."""
-        record = self.status()
-        record["resumed"] = [*record.get("resumed", []), _now()]
-        self._write_json("status.json", record)
+        self._update_status(lambda record: record | {"resumed": [*record.get("resumed", []), _now()]})
 
     def record_epoch(self, metrics: dict[str, Any]) -> None:
         """Add one epoch's row to metrics.parquet, replacing an earlier row of the same epoch (after a restart)."""
@@ -139,6 +229,22 @@ class RunStore:
         run._write_json("status.json", {"created": _now(), "versions": versions})
         run.set_status("PENDING")
         return run
+
+    def write_pending(self) -> None:
+        """Store the final statuses this machine kept for this storage while it was unreachable.
+
+        A status is written only over an older one: a run resumed and ended elsewhere since keeps its newer status.
+        """
+        for kept in sorted(pending_dir(self.storage).glob("*.json")):
+            fields = json.loads(kept.read_text())
+            run = Run(self.storage, fields["run_id"])
+
+            def newer(record: dict, fields: dict = fields) -> dict | None:
+                return None if record.get("updated", "") > fields["updated"] else record | fields
+
+            run._update_status(newer)
+            kept.unlink()
+            log.info("run %s: stored its %s status kept in %s", run.id, fields["status"], kept)
 
     def get(self, run_id: str) -> Run:
         """An existing run; ValueError if there is none by that id."""

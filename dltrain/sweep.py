@@ -276,7 +276,8 @@ def _tune(job: dict, sweep: Run, trials: int, at_once: int, resuming: bool) -> t
                 verbose=0,
             ),
         )
-    return launch.fit(tuner)
+    with sweep.heartbeat():
+        return launch.fit(tuner)
 
 
 def _trial_runs(sweep: Run) -> list[Run]:

@@ -1,5 +1,6 @@
 """S3 storage against a real S3 server (SeaweedFS on 127.0.0.1): whole runs, S3 data, errors, outages, secrets."""
 
+import io
 import json
 import os
 import re
@@ -9,6 +10,7 @@ import time
 from pathlib import Path
 
 import keras
+import pyarrow.parquet as pq
 import pytest
 from s3server import S3Server, create_bucket, free_ports
 
@@ -115,36 +117,94 @@ def test_s3_mistakes_fail_in_seconds_in_one_line(s3_session_server, tmp_path):
     assert not _objects(server, bucket)  # nothing was written for the failed runs
 
 
-def test_s3_outage_mid_run_never_corrupts_a_checkpoint(s3_server, s3_bucket, real_data, tmp_path):
+def _check_completed(server: S3Server, bucket: str, run_id: str, epochs: int, tmp_path: Path) -> dict:
+    """The run is COMPLETED with one history row per epoch, and every stored .keras loads; returns its status."""
+    objects = _objects(server, bucket, f"runs/{run_id}/")
+    status = json.loads(objects[f"runs/{run_id}/status.json"])
+    assert status["status"] == "COMPLETED", status
+    history = pq.read_table(io.BytesIO(objects[f"runs/{run_id}/metrics.parquet"])).to_pylist()
+    assert [row["epoch"] for row in history] == list(range(1, epochs + 1))
+    assert json.loads(objects[f"runs/{run_id}/summary.json"])["epochs"] == epochs
+    stored = [key for key in objects if key.endswith(".keras")]
+    assert f"runs/{run_id}/model/model.keras" in stored
+    for key in stored:
+        path = tmp_path / key.replace("/", "_")
+        path.write_bytes(objects[key])
+        keras.models.load_model(path)  # every stored checkpoint and the final model are whole
+    return status
+
+
+def test_a_stopped_s3_server_mid_epoch_is_ridden_out(s3_server, s3_bucket, real_data, tmp_path):
     server, env = s3_server, _env(s3_server, tmp_path)
     args = [*_storage(server, s3_bucket), f"dataset.path={real_data}", "trainer.epochs=6", *SMALL]
     process = subprocess.Popen(
         [sys.executable, "-m", "dltrain", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
     )
     try:
+        run_id = process.stdout.readline().split()[2]
         for line in process.stdout:
             if line.startswith("epoch 2/6"):
                 break
-        server.stop()
-        time.sleep(8)
+        server.stop()  # the real server, mid-epoch 3; its restart takes a few seconds more
+        time.sleep(8)  # the outage itself
         server.start()
-        process.wait(timeout=300)
+        _, stderr = process.communicate(timeout=300)
     finally:
         process.kill()
-    (run_id,) = _run_ids(_objects(server, s3_bucket, "runs/"))
-    status = json.loads(server.client().get_object(Bucket=s3_bucket, Key=f"runs/{run_id}/status.json")["Body"].read())
-    if process.returncode != 0:  # the outage outlasted the retries: a clear failure, then resume completes
-        assert status["status"] == "FAILED" and status["error"], status
-        resumed = _dltrain(*_storage(server, s3_bucket), f"resume={run_id}", env=env)
-        assert resumed.returncode == 0, resumed.stderr[-3000:]
-    objects = _objects(server, s3_bucket, f"runs/{run_id}/")
-    assert json.loads(objects[f"runs/{run_id}/status.json"])["status"] == "COMPLETED"
-    for key in [key for key in objects if key.endswith(".keras")]:
-        path = tmp_path / key.replace("/", "_")
-        path.write_bytes(objects[key])
-        keras.models.load_model(path)  # every stored checkpoint and the final model are whole
-    summary = json.loads(objects[f"runs/{run_id}/summary.json"])
-    assert summary["epochs"] == 6
+    assert process.returncode == 0, stderr[-3000:]
+    status = _check_completed(server, s3_bucket, run_id, 6, tmp_path)
+    assert status["heartbeat"] >= status["started"]
+
+
+def test_outages_up_to_45_s_are_ridden_out_wherever_they_hit(s3_session_server, s3_outages, real_data, tmp_path):
+    server, proxy = s3_session_server, s3_outages
+    bucket = create_bucket(server)
+    outages = [
+        proxy.arm(r"/checkpoints/epoch-0002/model\.keras", 8),  # a worker's checkpoint upload
+        proxy.arm(r"/checkpoint_manager_snapshot\.json", 45),  # Ray Train's controller, right after it
+        proxy.arm(r"/model/model\.keras", 8),  # the final model's upload
+    ]
+    storage = ["storage=s3", f"storage.uri=s3://{bucket}/runs", f"storage.endpoint_url={proxy.endpoint_url}"]
+    result = _dltrain(*storage, f"dataset.path={real_data}", "trainer.epochs=4", *SMALL, env=_env(server, tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert all(outage.over.is_set() for outage in outages)
+    run_id = result.stdout.split()[2]
+    _check_completed(server, bucket, run_id, 4, tmp_path)
+    assert [line.split()[1] for line in result.stdout.splitlines() if line.startswith("epoch ")] == [
+        "1/4", "2/4", "3/4", "4/4",
+    ]  # fmt: skip
+
+
+def test_a_longer_outage_fails_in_one_line_keeps_the_status_and_resume_completes(
+    s3_session_server, s3_outages, real_data, tmp_path
+):
+    server, proxy, env = s3_session_server, s3_outages, _env(s3_session_server, tmp_path)
+    bucket = create_bucket(server)
+    storage = ["storage=s3", f"storage.uri=s3://{bucket}/runs", f"storage.endpoint_url={proxy.endpoint_url}"]
+    outage = proxy.arm(r"/checkpoints/epoch-0002/model\.keras", None)  # down until the driver has exited
+    failed = _dltrain(*storage, "storage.retry_seconds=5", f"dataset.path={real_data}", "trainer.epochs=4", *SMALL,
+                      env=env)  # fmt: skip
+    proxy.end(outage)
+    run_id = failed.stdout.split()[2]
+    assert failed.returncode == 2, failed.stderr[-3000:]
+    lines = failed.stderr.strip().splitlines()
+    assert all(line.startswith("dltrain: ") for line in lines), failed.stderr[-3000:]  # no traceback
+    cause = f"S3 at {proxy.endpoint_url}: could not connect for 5 s (storage.retry_seconds) while "
+    assert lines[-1].startswith(f"dltrain: error: run {run_id} FAILED: {cause}")
+    (kept,) = (tmp_path / "cache" / "pending").glob(f"*/{run_id}.json")
+    assert any(line.startswith(f"dltrain: warning: run {run_id} is FAILED but {cause}") and str(kept) in line
+               for line in lines)  # fmt: skip
+
+    # The next command on this storage, whatever it is, stores the kept status.
+    other = _dltrain(*storage, "resume=20200101-000000-000000", env=env, timeout=120)
+    assert other.returncode == 2 and "no run '20200101-000000-000000'" in other.stderr
+    status = json.loads(server.client().get_object(Bucket=bucket, Key=f"runs/{run_id}/status.json")["Body"].read())
+    assert (status["status"], status["error"]) == ("FAILED", lines[-1].split(" FAILED: ")[1].split(" (logs: ")[0])
+    assert not kept.exists()
+
+    resumed = _dltrain(*storage, f"resume={run_id}", env=env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed" in _check_completed(server, bucket, run_id, 4, tmp_path)
 
 
 def test_create_bucket_makes_a_missing_bucket(s3_session_server, monkeypatch):

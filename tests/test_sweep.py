@@ -228,15 +228,20 @@ def test_grid_sweep_interrupted_on_the_driver_resumes_to_exactly_the_grid(real_d
 
 
 @pytest.mark.slow
-def test_bayes_sweep_of_two_worker_trials_writes_its_folder_and_trials_to_s3(s3_session_server, real_data, tmp_path):
+def test_bayes_sweep_of_two_worker_trials_writes_its_folder_and_trials_to_s3_through_an_outage(
+    s3_session_server, s3_outages, real_data, tmp_path
+):
     server = s3_session_server
     bucket = create_bucket(server)
+    # S3 goes away for 45 s as Tune first stores its experiment state, while trials train and write their own runs.
+    outage = s3_outages.arm(r"/tune/experiment_state", 45)
     result = _dltrain(
         "sweep=bayes", "sweep.num_samples=3", "trainer.epochs=2", "resources.num_workers=2", "storage=s3",
-        f"storage.uri=s3://{bucket}/runs", f"storage.endpoint_url={server.endpoint_url}", f"dataset.path={real_data}",
-        *TINY, env={**os.environ, **server.env()},
+        f"storage.uri=s3://{bucket}/runs", f"storage.endpoint_url={s3_outages.endpoint_url}",
+        f"dataset.path={real_data}", *TINY, env={**os.environ, **server.env()},
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
+    assert outage.over.is_set()
     sweep_id = result.stdout.splitlines()[0].split()[2]
     assert "each 2 worker(s) x {'CPU': 0.49}" in result.stdout  # 2 trials at once share the 2 CPUs
     client = server.client()

@@ -5,6 +5,7 @@ the latest checkpoint if Ray restarted it, and runs dltrain's DistributedLoop. R
 TensorBoard events and the final model; every worker keeps its own log in the run folder.
 """
 
+import contextlib
 import json
 import math
 import os
@@ -25,6 +26,7 @@ from dltrain.data import prepare as prepare_data
 from dltrain.data.pipeline import Split, eval_batches, steps_per_epoch, train_batches, train_validation_split
 from dltrain.engine.loop import DistributedLoop
 from dltrain.logs import output_to
+from dltrain.retrying_fs import StorageUnavailable, unavailable_in
 from dltrain.runs import TEST_METRICS_FILE, Run
 from dltrain.storage import open_storage
 
@@ -163,12 +165,37 @@ def train_loop_per_worker(job: dict) -> None:
     rank = ray.train.get_context().get_world_rank()
     stage = Path(tempfile.mkdtemp(prefix=f"dltrain-{run.id}-worker{rank}-"))
     log_file = stage / "logs" / f"worker-{rank}-pid{os.getpid()}.log"
+    outage = False
     try:
         with output_to(log_file):
             _train(job, run, stage, log_file)
+    except StorageUnavailable:
+        outage = True
+        raise
     finally:
+        try:
+            _upload_log(run, log_file, outage)
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
+
+
+def _upload_log(run: Run, log_file: Path, after_outage: bool) -> None:
+    """Copy this worker's log into the run folder; after an outage, once, not through another retry window."""
+    if not after_outage:
         run.storage.upload(log_file.parent, f"{run.path}/logs")
-        shutil.rmtree(stage, ignore_errors=True)
+        return
+    with contextlib.suppress(OSError):
+        run.storage.with_retry_seconds(0).upload(log_file.parent, f"{run.path}/logs")
+
+
+class _StorageOutageEndsRun(ray.train.UserCallback):
+    """In Ray Train's controller: a worker that failed because the storage stayed unreachable through its retry
+    window ends the run, with that error, instead of restarting the workers (which would only wait again)."""
+
+    def after_exception(self, run_context, worker_exceptions: dict[int, Exception]) -> None:
+        for error in worker_exceptions.values():
+            if unavailable := unavailable_in(error):
+                raise unavailable
 
 
 def make_trainer(
@@ -190,7 +217,7 @@ def make_trainer(
             storage_filesystem=run.storage.filesystem,
             failure_config=ray.train.FailureConfig(max_failures=job["trainer"]["max_failures"]),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=job["trainer"]["keep_checkpoints"]),
-            callbacks=callbacks,
+            callbacks=[*callbacks, _StorageOutageEndsRun()],
             worker_runtime_env={"env_vars": {"KERAS_BACKEND": "tensorflow"}},
         ),
     )
