@@ -183,15 +183,6 @@ class _RetryingReader:
     def tell(self) -> int:
         return self.position
 
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def writable(self) -> bool:
-        return False
-
     def close(self) -> None:
         if not self.closed:
             self.closed = True
@@ -213,16 +204,7 @@ class _SpooledUpload:
         return self.spool.tell()
 
     def flush(self) -> None:
-        pass
-
-    def readable(self) -> bool:
-        return False
-
-    def seekable(self) -> bool:
-        return False
-
-    def writable(self) -> bool:
-        return True
+        pass  # the upload happens on close
 
     def _upload(self) -> None:
         self.spool.seek(0)
