@@ -26,7 +26,7 @@ from dltrain.errors import DltrainError
 from dltrain.frameworks import tensorflow as framework
 from dltrain.logs import output_to
 from dltrain.retrying_fs import unavailable_in
-from dltrain.runs import Run, RunStore, StatusPending
+from dltrain.runs import FINAL_STATUS_WINDOWS, Run, RunStore, StatusPending
 from dltrain.storage import Storage, check_storage, open_storage
 
 log = logging.getLogger("dltrain")
@@ -362,6 +362,9 @@ def recorded(run: Run) -> Iterator[None]:
         # The whole traceback, at INFO: for the driver log, while the console gets the one line below.
         log.info("run %s failed", run.id, exc_info=True)
         message = _describe(error)
+        if unavailable_in(error):  # the status write waits for the storage too: say why before it does
+            print(f"dltrain: run {run.id} FAILED: {message}; storing its status waits for the storage "
+                  f"({FINAL_STATUS_WINDOWS} retry windows at most)", file=sys.stderr, flush=True)  # fmt: skip
         _final_status(run, "FAILED", message)
         raise DltrainError(f"run {run.id} FAILED: {message} (logs: {run.uri}/logs)") from error
 

@@ -190,6 +190,7 @@ def test_a_longer_outage_fails_in_one_line_keeps_the_status_and_resume_completes
     lines = failed.stderr.strip().splitlines()
     assert all(line.startswith("dltrain: ") for line in lines), failed.stderr[-3000:]  # no traceback
     cause = f"S3 at {proxy.endpoint_url}: could not connect for 5 s (storage.retry_seconds) while "
+    assert lines[0].startswith(f"dltrain: run {run_id} FAILED: {cause}")  # at once, before the status write waits
     assert lines[-1].startswith(f"dltrain: error: run {run_id} FAILED: {cause}")
     (kept,) = (tmp_path / "cache" / "pending").glob(f"*/{run_id}.json")
     assert any(line.startswith(f"dltrain: warning: run {run_id} is FAILED but {cause}") and str(kept) in line
