@@ -24,6 +24,8 @@ LR_SCHEDULES = ("constant", "cosine")
 EPOCH_METRICS = ("val_accuracy", "val_loss", "accuracy", "loss")  # what every epoch reports, so what a sweep ranks
 SCHEDULERS = ("asha", "median", "fifo")
 SEARCH_ALGORITHMS = ("random", "grid", "bayes")
+# How long a run waits for its workers to be placed before it fails: an autoscaler's new GPU node takes minutes.
+DEFAULT_WAIT_FOR_WORKERS_S = 600
 SEARCHABLE = ("model", "trainer", "dataset")  # sections a sweep may vary; resources and storage are per sweep
 
 
@@ -59,6 +61,7 @@ _RULES: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
         "num_workers": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
         "use_gpu": (lambda v: isinstance(v, bool), "true or false"),
         "cpus_per_worker": (_optional(lambda v: _is_number(v) and v > 0), "null or a number > 0"),
+        "min_workers": (_optional(lambda v: _is_int(v) and v >= 1), "null or an integer >= 1"),
     },
     "dataset": {
         "name": (lambda v: v in DATASETS, "one of " + ", ".join(DATASETS)),
@@ -80,11 +83,16 @@ _RULES: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
         "retry_seconds": (lambda v: _is_number(v) and v >= 0, "a number >= 0 (seconds)"),
     },
     "framework": {"name": (lambda v: v in FRAMEWORKS, "one of " + ", ".join(FRAMEWORKS))},
-    "ray": {"address": (_optional(lambda v: isinstance(v, str) and v != ""), "null or a Ray address")},
+    "ray": {
+        "address": (_optional(lambda v: isinstance(v, str) and v != ""), "null or a Ray address"),
+        "wait_for_workers_s": (lambda v: _is_number(v) and v > 0, "a number > 0 (seconds)"),
+    },
 }
 # Keys a config group option may leave out, and what they then mean (storage=local has no S3 settings).
 _DEFAULTS = {
-    "storage": {"endpoint_url": None, "region": None, "create_bucket": False, "retry_seconds": DEFAULT_RETRY_SECONDS}
+    "storage": {"endpoint_url": None, "region": None, "create_bucket": False, "retry_seconds": DEFAULT_RETRY_SECONDS},
+    "resources": {"min_workers": None},
+    "ray": {"wait_for_workers_s": DEFAULT_WAIT_FOR_WORKERS_S},
 }
 _SECTIONS = (*_RULES, "model", "resume", "sweep")
 
@@ -193,10 +201,24 @@ def _check_job(job: dict) -> None:
     _check_model(job["model"])
 
     trainer, resources, dataset = job["trainer"], job["resources"], job["dataset"]
-    if trainer["batch_size"] % resources["num_workers"]:
+    least = resources["min_workers"] or resources["num_workers"]
+    if least > resources["num_workers"]:
+        raise DltrainError(
+            f"resources.min_workers={least} exceeds resources.num_workers={resources['num_workers']}: "
+            "an elastic run takes between min_workers and num_workers workers"
+        )
+    if resources["min_workers"] is None and trainer["batch_size"] % resources["num_workers"]:
         raise DltrainError(
             f"trainer.batch_size={trainer['batch_size']} is not divisible by resources.num_workers="
             f"{resources['num_workers']}: the global batch is split evenly over the workers"
+        )
+    # An elastic run keeps its global batch whatever number of workers it has, so every count must divide it.
+    uneven = [count for count in range(least, resources["num_workers"] + 1) if trainer["batch_size"] % count]
+    if resources["min_workers"] is not None and uneven:
+        raise DltrainError(
+            f"trainer.batch_size={trainer['batch_size']} is not divisible by {', '.join(map(str, uneven))} workers: "
+            f"an elastic run (resources.min_workers={least} to num_workers={resources['num_workers']}) splits the "
+            "global batch evenly over however many it has"
         )
     if dataset["limit"] is not None:
         train_samples = dataset["limit"] - round(dataset["limit"] * dataset["validation_split"])

@@ -2,10 +2,8 @@
 
 import contextlib
 import logging
-import math
-import os
 import queue
-import socket
+import signal
 import sys
 import tempfile
 import threading
@@ -16,9 +14,11 @@ from typing import Any
 
 import ray
 import ray.train
-from ray._private import ray_constants
 from ray.util.queue import Empty, Queue
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from dltrain import cluster
+from dltrain.cluster import ray_connection, worker_resources
 from dltrain.data import DATASETS
 from dltrain.data import prepare as prepare_data
 from dltrain.data.idx import IdxError
@@ -30,121 +30,6 @@ from dltrain.runs import FINAL_STATUS_WINDOWS, Run, RunStore, StatusPending
 from dltrain.storage import Storage, check_storage, open_storage
 
 log = logging.getLogger("dltrain")
-TRIAL_CPUS = 0.01  # what a sweep's trial (which only starts its workers) reserves; Tune refuses 0
-
-
-@contextlib.contextmanager
-def _environment(**values: str) -> Iterator[None]:
-    """Set environment variables in this block (processes started in it inherit them), then restore them."""
-    saved = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
-@contextlib.contextmanager
-def _loopback_only() -> Iterator[None]:
-    """Keep a Ray started in this block on 127.0.0.1.
-
-    On Linux Ray gives its node the machine's external address even when told 127.0.0.1, and its servers
-    listen on every interface. With RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (Ray's switch for single-machine
-    clusters) its node address and all its servers stay on loopback. Ray's Python side reads the switch when
-    `ray` is imported, so the already-imported constant is set too.
-    """
-    saved = ray_constants.ENABLE_RAY_CLUSTER
-    ray_constants.ENABLE_RAY_CLUSTER = False
-    try:
-        with _environment(**{ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR: "0"}):
-            yield
-    finally:
-        ray_constants.ENABLE_RAY_CLUSTER = saved
-
-
-@contextlib.contextmanager
-def _known_address() -> Iterator[None]:
-    """Start a Ray in this block on a GCS port chosen here, and give its processes that address (RAY_ADDRESS).
-
-    Ray's state API, which Ray Train V2 asks whether a stopped trial's controller is gone before it frees that
-    trial's workers, finds its cluster through RAY_ADDRESS or by looking for GCS processes on the machine; with
-    two Ray instances there (two dltrain commands) that look-up fails, and the workers would never be freed.
-    """
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    with _environment(**{ray_constants.GCS_PORT_ENVIRONMENT_VARIABLE: str(port), "RAY_ADDRESS": f"127.0.0.1:{port}"}):
-        yield
-
-
-@contextlib.contextmanager
-def ray_connection(address: str | None, dashboard: bool = False) -> Iterator[None]:
-    """Use the Ray already initialised, else the given cluster ($RAY_ADDRESS), else an embedded local Ray.
-
-    The embedded Ray listens and talks on 127.0.0.1 only, and is shut down on exit. Sweeps need its `dashboard`
-    (on 127.0.0.1): Ray Train V2 asks its state API whether a stopped trial's controller is gone before it frees
-    that trial's workers.
-    """
-    if ray.is_initialized():
-        yield
-        return
-    address = address or os.environ.get("RAY_ADDRESS")
-    quiet = {"logging_level": logging.ERROR, "log_to_driver": False}
-    with contextlib.ExitStack() as stack:
-        if address:
-            ray.init(address=address, **quiet)
-        else:
-            stack.enter_context(_loopback_only())
-            # Ray's processes, and through the raylet every worker, take these from the environment when ray.init
-            # starts them; the driver's own environment is restored at once, so that programs it starts later
-            # (another dltrain command) do not join this Ray. Ray runs workers at nice 15, so on a busy machine
-            # the training worker would lose the cores to anything else (scripts/bench_overhead.py: 80 s -> 32 s
-            # per epoch at nice 0). One machine has no preemptible nodes: Ray Train's preemption watcher would only
-            # be one more process polling in the background.
-            with _known_address(), _environment(RAY_worker_niceness="0", RAY_TRAIN_ENABLE_PREEMPTION_WATCHER="0"):
-                # address="local" always starts a new Ray: a stale /tmp/ray/ray_current_cluster cannot make it hang.
-                ray.init(address="local", include_dashboard=dashboard, **quiet)
-        try:
-            yield
-        finally:
-            ray.shutdown()
-
-
-def worker_resources(resources: dict, trials_at_once: int | None = None) -> dict[str, float]:
-    """Ray resources for one worker of a run, or of one of a sweep's `trials_at_once` trials sharing the cluster;
-    DltrainError if this cluster can never place all of one run's workers."""
-    workers, use_gpu = resources["num_workers"], resources["use_gpu"]
-    nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
-    total_cpus = sum(node.get("CPU", 0) for node in nodes)
-    # CPU workers share the machine (Ray caps each worker's threads at its CPUs); GPU workers need one CPU each.
-    # Trials share it equally, each keeping TRIAL_CPUS for itself.
-    run_cpus = total_cpus if trials_at_once is None else total_cpus / trials_at_once - TRIAL_CPUS
-    share = math.floor(run_cpus / workers * 100) / 100  # Ray rounds resources to 1/10,000: stay below the total
-    cpus = resources["cpus_per_worker"] or (min(1.0, share) if use_gpu else share)
-    per_worker = {"CPU": cpus, **({"GPU": 1} if use_gpu else {})}
-    demand = f"{workers} workers x {{{', '.join(f'{k}: {v:g}' for k, v in per_worker.items())}}}"
-
-    maximum = ray._private.state.state.get_max_resources_from_cluster_config()
-    if maximum:  # an autoscaler can add nodes up to these totals
-        short = [name for name, amount in per_worker.items() if amount * workers > maximum.get(name, 0)]
-        have = {name: maximum.get(name, 0) for name in short}
-    else:
-        slots = sum(
-            min(math.floor(node.get(name, 0) / amount + 1e-9) for name, amount in per_worker.items()) for node in nodes
-        )
-        short = [] if slots >= workers else list(per_worker)
-        have = {name: sum(node.get(name, 0) for node in nodes) for name in per_worker}
-    if short:
-        hint = "use resources=cpu or resources.use_gpu=false" if use_gpu else "lower resources.cpus_per_worker"
-        raise DltrainError(
-            f"resources need {demand}; this Ray cluster has {', '.join(f'{v:g} {k}' for k, v in have.items())} "
-            f"and {'cannot scale beyond that' if maximum else 'cannot scale'}: {hint}, or add nodes"
-        )
-    return per_worker
 
 
 def _epoch_line(metrics: dict, epochs: int) -> str:
@@ -175,7 +60,9 @@ class _EpochPrinter:
 
     def __init__(self, epochs: int):
         self.epochs = epochs
-        self.reports = Queue(actor_options={"num_cpus": 0})
+        # On the driver's node, which lives as long as the run: a lost worker node must not take the queue along.
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        self.reports = Queue(actor_options={"num_cpus": 0, "scheduling_strategy": here})
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._drain, name="dltrain-printer", daemon=True)
 
@@ -235,11 +122,32 @@ def fit(fittable: Any) -> Any:
 
     thread = threading.Thread(target=run, name="dltrain-fit", daemon=True)
     thread.start()
-    while thread.is_alive():
-        thread.join(timeout=0.5)
+    with _terminate_as_interrupt():
+        while thread.is_alive():
+            thread.join(timeout=0.5)
     if "error" in outcome:
         raise outcome["error"]
     return outcome["result"]
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """In this block SIGTERM (what `ray job stop`, Kubernetes and systemd send) is a Ctrl-C: the run is STOPPED.
+
+    (ray.init's own handler would exit the process at once, leaving the run RUNNING.)
+    """
+    if threading.current_thread() is not threading.main_thread():  # a sweep's trial: Tune stops it
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _describe(error: Exception) -> str:
@@ -248,6 +156,8 @@ def _describe(error: Exception) -> str:
     failure in its own handlers)."""
     if unavailable := unavailable_in(error):
         return str(unavailable)
+    if isinstance(failure := getattr(error, "controller_failure", None), cluster.WorkersUnavailable):
+        return str(failure)
     if isinstance(error, ray.train.WorkerGroupError) and error.worker_failures:
         rank, failure = min(error.worker_failures.items())
         lines = [line.strip() for line in str(failure).splitlines() if line.strip()]
@@ -349,8 +259,8 @@ def recorded(run: Run) -> Iterator[None]:
     """Mark `run` STOPPED on Ctrl-C and FAILED on any error in this block, which then ends in one line."""
     try:
         yield
-    except KeyboardInterrupt:
-        _final_status(run, "STOPPED", "interrupted by the user")
+    except KeyboardInterrupt as interrupt:
+        _final_status(run, "STOPPED", f"stopped by {interrupt}" if str(interrupt) else "interrupted by the user")
         print(f"dltrain: run {run.id} STOPPED; its checkpoints are in {run.uri}", flush=True)
         raise
     except StatusPending:
@@ -380,7 +290,11 @@ def _final_status(run: Run, status: str, error: str) -> None:
 def _run(job: dict, run: Run, parameters: int) -> dict:
     with recorded(run), ray_connection(job["ray"]["address"]):
         per_worker = worker_resources(job["resources"])
-        print(f"dltrain: {parameters:,} parameters; {job['resources']['num_workers']} worker(s) x {per_worker}")
+        cluster.check_paths_on_nodes(job["dataset"]["path"], run.storage)
+        print(f"dltrain: {parameters:,} parameters; {_worker_count(job['resources'])} worker(s) x {per_worker}")
+        least = job["resources"]["min_workers"] or job["resources"]["num_workers"]
+        if waiting := cluster.autoscaler_wait(least, per_worker):
+            print(f"dltrain: {waiting} (ray.wait_for_workers_s={job['ray']['wait_for_workers_s']:g})", flush=True)
         with _EpochPrinter(job["trainer"]["epochs"]) as printer:
             summary = execute(job, run, per_worker, [_Relay(printer.reports)])
     print(
@@ -391,12 +305,20 @@ def _run(job: dict, run: Run, parameters: int) -> dict:
     return summary
 
 
+def _worker_count(resources: dict) -> str:
+    """ "4", or "2-4" for an elastic run."""
+    least, most = resources["min_workers"] or resources["num_workers"], resources["num_workers"]
+    return f"{least}-{most}" if least < most else str(most)
+
+
 def execute(job: dict, run: Run, per_worker: dict, callbacks: list[ray.train.UserCallback]) -> dict:
     """Train `job` into `run` on the connected Ray, mark it RUNNING then COMPLETED, and return its summary."""
     started = time.time()
     run.set_status("RUNNING")
-    with run.heartbeat():
-        fit(framework.make_trainer(job, run, per_worker, callbacks))
+    resources, wait = job["resources"], job["ray"]["wait_for_workers_s"]
+    waiting = cluster.WaitForWorkers(wait, run.id, resources["min_workers"] or resources["num_workers"], per_worker)
+    with run.heartbeat(), cluster.worker_start_timeout(wait):
+        fit(framework.make_trainer(job, run, per_worker, [*callbacks, waiting]))
     summary = {
         "run_id": run.id,
         "status": "COMPLETED",

@@ -24,7 +24,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule, TrialScheduler
 from ray.tune.search import BasicVariantGenerator
 
-from dltrain import launch, search_space
+from dltrain import cluster, launch, search_space
 from dltrain.errors import DltrainError
 from dltrain.frameworks import tensorflow as framework
 from dltrain.runs import ENDED, Run, RunStore
@@ -222,7 +222,7 @@ def run_sweep(job: dict, sweep: Run, resuming: bool) -> dict:
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # Tune's legacy console output, which verbose=0 silences: _Progress reports
     with launch.recorded(sweep):
         try:
-            with launch.ray_connection(job["ray"]["address"], dashboard=True):
+            with cluster.ray_connection(job["ray"]["address"], dashboard=True):
                 results = _tune(job, sweep, trials, at_once, resuming)
         except KeyboardInterrupt:
             _close_unfinished(sweep, settings, interrupted=True)
@@ -242,7 +242,8 @@ def run_sweep(job: dict, sweep: Run, resuming: bool) -> dict:
 def _tune(job: dict, sweep: Run, trials: int, at_once: int, resuming: bool) -> tune.ResultGrid:
     """Run the trials with Ray Tune on the connected Ray, continuing Tune's saved state when resuming."""
     settings = job["sweep"]
-    per_worker = launch.worker_resources(job["resources"], at_once)
+    per_worker = cluster.worker_resources(job["resources"], at_once)
+    cluster.check_paths_on_nodes(job["dataset"]["path"], sweep.storage)
     sweep.set_status("RUNNING")
     print(
         f"dltrain: {trials} trials of {settings['metric']} ({settings['mode']}), {at_once} at a time, each "
@@ -251,7 +252,7 @@ def _tune(job: dict, sweep: Run, trials: int, at_once: int, resuming: bool) -> t
     )
     trainable = tune.with_resources(
         tune.with_parameters(_trial, job=job, sweep_id=sweep.id, per_worker=per_worker),
-        {"CPU": launch.TRIAL_CPUS},
+        {"CPU": cluster.TRIAL_CPUS},
     )
     tune_path = sweep.storage.join(sweep.id, _TUNE_FOLDER)
     if resuming and tune.Tuner.can_restore(tune_path, storage_filesystem=sweep.storage.filesystem):

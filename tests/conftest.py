@@ -37,7 +37,7 @@ def worker_env() -> dict[str, str]:
 @pytest.fixture(scope="session")
 def ray_cluster(worker_env):
     """One embedded local Ray (2 CPUs, loopback only), started the way dltrain starts it, for in-process runs."""
-    from dltrain.launch import ray_connection
+    from dltrain.cluster import ray_connection
 
     saved = dict(os.environ)
     os.environ.update(worker_env)

@@ -26,7 +26,8 @@ def test_defaults_are_the_reference_recipe():
     assert job["model"]["filters"] == [32, 64, 128] and job["model"]["dropout"] == 0.4
     assert job["model"]["padding"] == "valid" and job["model"]["batch_norm"] is False
     assert (job["dataset"]["flip"], job["dataset"]["shift"]) == (False, 0)
-    assert job["resources"] == {"num_workers": 1, "use_gpu": False, "cpus_per_worker": None}
+    assert job["resources"] == {"num_workers": 1, "use_gpu": False, "cpus_per_worker": None, "min_workers": None}
+    assert job["ray"] == {"address": None, "wait_for_workers_s": 600}
     assert job["framework"]["name"] == "tensorflow"
 
 
@@ -107,6 +108,13 @@ def test_overrides_reach_the_job():
         (["dataset.limit=100"], "dataset.limit=100 leaves 90 training samples, fewer than one global batch"),
         (["resources.num_workers=0"], "resources.num_workers=0 is invalid"),
         (["resources.cpus_per_worker=-1"], "resources.cpus_per_worker=-1 is invalid: expected null or a number > 0"),
+        (["resources=large", "resources.min_workers=5"], "resources.min_workers=5 exceeds resources.num_workers=4"),
+        (["resources=large", "resources.min_workers=0"], "resources.min_workers=0 is invalid: expected null or an"),
+        (
+            ["resources=large", "resources.min_workers=2", "trainer.batch_size=128"],
+            "trainer.batch_size=128 is not divisible by 3 workers: an elastic run (resources.min_workers=2 to num_wo",
+        ),
+        (["ray.wait_for_workers_s=0"], "ray.wait_for_workers_s=0 is invalid: expected a number > 0 (seconds)"),
         (["+trainer.callbacks.x=1"], "trainer.callbacks={'x': 1} is invalid"),
         (
             ["storage=s3", "storage.uri=s3://b/p", "storage.endpoint_url=minio:9000"],

@@ -203,11 +203,12 @@ def make_trainer(
 ) -> TensorflowTrainer:
     """Ray's TensorflowTrainer for `job`, persisting checkpoints into the run folder."""
     resources = job["resources"]
+    least, most = resources["min_workers"] or resources["num_workers"], resources["num_workers"]
     return TensorflowTrainer(
         train_loop_per_worker,
         train_loop_config={**job, "run_id": run.id},
         scaling_config=ray.train.ScalingConfig(
-            num_workers=resources["num_workers"],
+            num_workers=(least, most) if least < most else most,  # elastic: Ray Train takes what it can place
             use_gpu=resources["use_gpu"],
             resources_per_worker=resources_per_worker,
         ),

@@ -1,0 +1,273 @@
+"""The Ray cluster a run uses: the connection (an embedded local Ray or a cluster), whether it can place the
+run's workers, whether its local paths are on every node, and how long a run waits for its workers."""
+
+import contextlib
+import logging
+import math
+import os
+import socket
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import ray
+from ray._private import ray_constants
+from ray.train.v2._internal.execution.callback import ControllerCallback
+from ray.train.v2._internal.execution.controller.state import RunningState
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from dltrain.errors import DltrainError
+from dltrain.storage import Storage
+
+TRIAL_CPUS = 0.01  # what a sweep's trial (which only starts its workers) reserves; Tune refuses 0
+_RAY_ATTEMPT_S = 60  # Ray Train's own limit on one attempt to place a run's workers
+NODE_CHECK_TIMEOUT_S = 60  # a node that has not answered the path check by then is named as not answering
+
+
+@contextlib.contextmanager
+def _environment(**values: str) -> Iterator[None]:
+    """Set environment variables in this block (processes started in it inherit them), then restore them."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+@contextlib.contextmanager
+def _loopback_only() -> Iterator[None]:
+    """Keep a Ray started in this block on 127.0.0.1.
+
+    On Linux Ray gives its node the machine's external address even when told 127.0.0.1, and its servers
+    listen on every interface. With RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (Ray's switch for single-machine
+    clusters) its node address and all its servers stay on loopback. Ray's Python side reads the switch when
+    `ray` is imported, so the already-imported constant is set too.
+    """
+    saved = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        with _environment(**{ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR: "0"}):
+            yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved
+
+
+@contextlib.contextmanager
+def _known_address() -> Iterator[None]:
+    """Start a Ray in this block on a GCS port chosen here, and give its processes that address (RAY_ADDRESS).
+
+    Ray's state API, which Ray Train V2 asks whether a stopped trial's controller is gone before it frees that
+    trial's workers, finds its cluster through RAY_ADDRESS or by looking for GCS processes on the machine; with
+    two Ray instances there (two dltrain commands) that look-up fails, and the workers would never be freed.
+    """
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with _environment(**{ray_constants.GCS_PORT_ENVIRONMENT_VARIABLE: str(port), "RAY_ADDRESS": f"127.0.0.1:{port}"}):
+        yield
+
+
+@contextlib.contextmanager
+def ray_connection(address: str | None, dashboard: bool = False) -> Iterator[None]:
+    """Use the Ray already initialised, else the given cluster ($RAY_ADDRESS), else an embedded local Ray.
+
+    The embedded Ray listens and talks on 127.0.0.1 only, and is shut down on exit. Sweeps need its `dashboard`
+    (on 127.0.0.1): Ray Train V2 asks its state API whether a stopped trial's controller is gone before it frees
+    that trial's workers.
+    """
+    if ray.is_initialized():
+        yield
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    quiet = {"logging_level": logging.ERROR, "log_to_driver": False}
+    with contextlib.ExitStack() as stack:
+        if address:
+            ray.init(address=address, **quiet)
+        else:
+            stack.enter_context(_loopback_only())
+            # Ray's processes, and through the raylet every worker, take these from the environment when ray.init
+            # starts them; the driver's own environment is restored at once, so that programs it starts later
+            # (another dltrain command) do not join this Ray. Ray runs workers at nice 15, so on a busy machine
+            # the training worker would lose the cores to anything else (scripts/bench_overhead.py: 80 s -> 32 s
+            # per epoch at nice 0). One machine has no preemptible nodes: Ray Train's preemption watcher would only
+            # be one more process polling in the background.
+            with _known_address(), _environment(RAY_worker_niceness="0", RAY_TRAIN_ENABLE_PREEMPTION_WATCHER="0"):
+                # address="local" always starts a new Ray: a stale /tmp/ray/ray_current_cluster cannot make it hang.
+                ray.init(address="local", include_dashboard=dashboard, **quiet)
+        try:
+            yield
+        finally:
+            ray.shutdown()
+
+
+def _node_groups() -> list:
+    """The node types an autoscaler can add (name, resources, max_count); [] without an autoscaler."""
+    config = ray._private.state.state.get_cluster_config()
+    return [group for group in (config.node_group_configs if config else []) if group.max_count != 0]
+
+
+def _slots(nodes: list[dict[str, float]], per_worker: dict[str, float]) -> int:
+    """How many workers of `per_worker` these nodes' resources can hold."""
+    return sum(min(math.floor(node.get(name, 0) / amount + 1e-9) for name, amount in per_worker.items()) for node in
+               nodes)  # fmt: skip
+
+
+def worker_resources(resources: dict, trials_at_once: int | None = None) -> dict[str, float]:
+    """Ray resources for one worker of a run, or of one of a sweep's `trials_at_once` trials sharing the cluster;
+    DltrainError if this cluster can never place one run's workers (an elastic run's min_workers)."""
+    workers, use_gpu = resources["num_workers"], resources["use_gpu"]
+    least = resources["min_workers"] or workers  # an elastic run starts with at least min_workers
+    nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
+    # CPU workers share the machine (Ray caps each worker's threads at its CPUs); GPU workers need one CPU each.
+    # Trials share it equally, each keeping TRIAL_CPUS for itself. With an autoscaler, the largest node it can
+    # add counts too: a cluster of only a head (no CPUs for training) grows CPUs with its first worker node.
+    total_cpus = max([sum(node.get("CPU", 0) for node in nodes)] + [g.resources.get("CPU", 0) for g in _node_groups()])
+    run_cpus = total_cpus if trials_at_once is None else total_cpus / trials_at_once - TRIAL_CPUS
+    share = math.floor(run_cpus / workers * 100) / 100  # Ray rounds resources to 1/10,000: stay below the total
+    cpus = resources["cpus_per_worker"] or (min(1.0, share) if use_gpu else share)
+    per_worker = {"CPU": cpus, **({"GPU": 1} if use_gpu else {})}
+    demand = describe_demand(least if least < workers else workers, per_worker)
+
+    maximum = ray._private.state.state.get_max_resources_from_cluster_config()
+    if maximum:  # an autoscaler can add nodes up to these totals
+        short = [name for name, amount in per_worker.items() if amount * least > maximum.get(name, 0)]
+        have = {name: maximum.get(name, 0) for name in short}
+    else:
+        short = [] if _slots(nodes, per_worker) >= least else list(per_worker)
+        have = {name: sum(node.get(name, 0) for node in nodes) for name in per_worker}
+    if short:
+        hint = "use resources=cpu or resources.use_gpu=false" if use_gpu else "lower resources.cpus_per_worker"
+        raise DltrainError(
+            f"resources need {demand}; this Ray cluster has {describe_amounts(have)} "
+            f"and {'cannot scale beyond that' if maximum else 'cannot scale'}: {hint}, or add nodes"
+        )
+    return per_worker
+
+
+def autoscaler_wait(workers: int, per_worker: dict[str, float]) -> str | None:
+    """ "waiting for 4 GPU workers: the autoscaler can add gpu4 nodes" where the nodes up now cannot place the
+    workers and an autoscaler can add nodes that can; None otherwise."""
+    if _slots([node["Resources"] for node in ray.nodes() if node["Alive"]], per_worker) >= workers:
+        return None
+    kinds = [group.name for group in _node_groups() if _slots([group.resources], per_worker)]
+    kind = "GPU" if "GPU" in per_worker else "CPU"
+    return f"waiting for {workers} {kind} workers: the autoscaler can add {', '.join(kinds)} nodes" if kinds else None
+
+
+@contextlib.contextmanager
+def worker_start_timeout(wait_s: float) -> Iterator[None]:
+    """Ray Train started in this block gives up an attempt to place a run's workers after a quarter of `wait_s`
+    (at most its default 60 s), then decides again; WaitForWorkers ends the run once `wait_s` have passed.
+
+    Several attempts fit in the wait, so that an elastic run whose first attempt still counted a lost node
+    (Ray marks a node dead only after missed heartbeats) goes on with the workers left at the next one. Ray
+    Train's controller takes this setting from the driver's environment.
+    """
+    attempt_s = min(_RAY_ATTEMPT_S, wait_s / 4)
+    with _environment(RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S=f"{attempt_s:g}"):
+        yield
+
+
+def describe_amounts(amounts: dict[str, float]) -> str:
+    """`{"GPU": 2, "CPU": 1}` as "2 GPU, 1 CPU"."""
+    return ", ".join(f"{amount:g} {name}" for name, amount in amounts.items())
+
+
+def describe_demand(workers: int, per_worker: dict[str, float]) -> str:
+    """ "4 workers x {GPU: 1, CPU: 0.5}"."""
+    return f"{workers} workers x {{{', '.join(f'{name}: {amount:g}' for name, amount in per_worker.items())}}}"
+
+
+@ray.remote(num_cpus=0)
+def _missing(paths: list[str]) -> list[str]:
+    return [path for path in paths if not os.path.exists(path)]
+
+
+def check_paths_on_nodes(dataset_path: str | None, storage: Storage) -> None:
+    """A local `dataset_path` and a local storage must be the same folders on every node of the cluster, as
+    on a shared file system; DltrainError naming the nodes that lack one. S3 needs no check.
+
+    The storage check looks for a file this driver has just written there, so a folder of the same name that
+    is not the same folder fails too. Nothing runs on an embedded Ray, which is this machine alone.
+    """
+    own_node = ray.get_runtime_context().get_node_id()
+    others = [node for node in ray.nodes() if node["Alive"] and node["NodeID"] != own_node]
+    named = {dataset_path: f"dataset.path={dataset_path}"} if dataset_path and "://" not in dataset_path else {}
+    marker = Path(storage.root) / f".dltrain-node-check-{uuid.uuid4().hex}"
+    local_storage = "://" not in storage.uri
+    if local_storage:
+        named[str(marker)] = f"storage.uri={storage.uri}"
+    if not others or not named:
+        return
+    if local_storage:
+        marker.touch()
+    try:
+        checks = {
+            node["NodeManagerAddress"]: _missing.options(
+                scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)
+            ).remote(list(named))
+            for node in others
+        }
+        ready, _ = ray.wait(list(checks.values()), num_returns=len(checks), timeout=NODE_CHECK_TIMEOUT_S)
+        lacking: dict[str, list[str]] = {}
+        for address, check in checks.items():
+            if check not in ready:
+                raise DltrainError(f"node {address} did not answer the check of {', '.join(named.values())} "
+                                   f"within {NODE_CHECK_TIMEOUT_S} s")  # fmt: skip
+            for path in ray.get(check):
+                lacking.setdefault(named[path], []).append(address)
+    finally:
+        marker.unlink(missing_ok=True)
+    if lacking:
+        raise DltrainError(
+            "; ".join(f"{what} is not on every node (missing on {', '.join(sorted(nodes))})" for what, nodes in
+                      lacking.items())
+            + ": a Ray cluster of several nodes needs s3:// paths, or folders that every node shares"
+        )  # fmt: skip
+
+
+class WorkersUnavailable(RuntimeError):
+    """A run's workers could not be placed for ray.wait_for_workers_s: one line saying what was lost, needed
+    and left."""
+
+
+class WaitForWorkers(ControllerCallback):
+    """In Ray Train's controller: fail the run once its workers have not been running for `seconds`.
+
+    Without this, a run whose node was lost waits forever for capacity that is not coming (Ray Train retries
+    placing its workers without end), and an elastic run below its minimum never starts again. The controller
+    updates its state on every loop, so this sees each one.
+    """
+
+    def __init__(self, seconds: float, run_id: str, workers: int, per_worker: dict[str, float]):
+        self.seconds, self.run_id, self.workers, self.per_worker = seconds, run_id, workers, per_worker
+        self.nodes = {node["NodeID"]: node for node in ray.nodes() if node["Alive"]}  # as the run starts
+        self.waiting_since: float | None = None
+
+    def after_controller_state_update(self, previous_state, current_state) -> None:
+        if isinstance(current_state, RunningState) or current_state.is_terminal():
+            self.waiting_since = None
+            return
+        now = time.monotonic()
+        self.waiting_since = self.waiting_since or now
+        if now - self.waiting_since > self.seconds:
+            raise WorkersUnavailable(self._message())
+
+    def _message(self) -> str:
+        alive = {node["NodeID"] for node in ray.nodes() if node["Alive"]}
+        lost = [node for node_id, node in self.nodes.items() if node_id not in alive]
+        left = ray.cluster_resources()
+        parts = [
+            f"lost node {', '.join(node['NodeManagerAddress'] for node in lost)}" if lost else None,
+            f"{describe_demand(self.workers, self.per_worker)} could not be placed for {self.seconds:g} s "
+            "(ray.wait_for_workers_s)",
+            f"the cluster has {describe_amounts({name: left.get(name, 0) for name in self.per_worker})} left",
+            f"resume={self.run_id} continues it once the capacity is back",
+        ]
+        return "; ".join(part for part in parts if part)
