@@ -106,16 +106,12 @@ def ray_connection(address: str | None, dashboard: bool = False) -> Iterator[Non
             ray.shutdown()
 
 
-def _node_groups() -> list:
-    """The node types an autoscaler can add (name, resources, max_count); [] without an autoscaler."""
-    config = ray._private.state.state.get_cluster_config()
-    return [group for group in (config.node_group_configs if config else []) if group.max_count != 0]
-
-
-def _slots(nodes: list[dict[str, float]], per_worker: dict[str, float]) -> int:
-    """How many workers of `per_worker` these nodes' resources can hold."""
-    return sum(min(math.floor(node.get(name, 0) / amount + 1e-9) for name, amount in per_worker.items()) for node in
-               nodes)  # fmt: skip
+def _slots(nodes: list[dict[str, float]], per_worker: dict[str, float]) -> float:
+    """How many workers of `per_worker` these nodes' resources can hold (without limit if they need nothing)."""
+    needed = {name: amount for name, amount in per_worker.items() if amount > 0}
+    if not needed:
+        return math.inf
+    return sum(min(math.floor(node.get(name, 0) / amount + 1e-9) for name, amount in needed.items()) for node in nodes)
 
 
 def worker_resources(resources: dict, trials_at_once: int | None = None) -> dict[str, float]:
@@ -124,10 +120,9 @@ def worker_resources(resources: dict, trials_at_once: int | None = None) -> dict
     workers, use_gpu = resources["num_workers"], resources["use_gpu"]
     least = resources["min_workers"] or workers  # an elastic run starts with at least min_workers
     nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
+    total_cpus = sum(node.get("CPU", 0) for node in nodes)
     # CPU workers share the machine (Ray caps each worker's threads at its CPUs); GPU workers need one CPU each.
-    # Trials share it equally, each keeping TRIAL_CPUS for itself. With an autoscaler, the largest node it can
-    # add counts too: a cluster of only a head (no CPUs for training) grows CPUs with its first worker node.
-    total_cpus = max([sum(node.get("CPU", 0) for node in nodes)] + [g.resources.get("CPU", 0) for g in _node_groups()])
+    # Trials share it equally, each keeping TRIAL_CPUS for itself.
     run_cpus = total_cpus if trials_at_once is None else total_cpus / trials_at_once - TRIAL_CPUS
     share = math.floor(run_cpus / workers * 100) / 100  # Ray rounds resources to 1/10,000: stay below the total
     cpus = resources["cpus_per_worker"] or (min(1.0, share) if use_gpu else share)
@@ -148,16 +143,6 @@ def worker_resources(resources: dict, trials_at_once: int | None = None) -> dict
             f"and {'cannot scale beyond that' if maximum else 'cannot scale'}: {hint}, or add nodes"
         )
     return per_worker
-
-
-def autoscaler_wait(workers: int, per_worker: dict[str, float]) -> str | None:
-    """ "waiting for 4 GPU workers: the autoscaler can add gpu4 nodes" where the nodes up now cannot place the
-    workers and an autoscaler can add nodes that can; None otherwise."""
-    if _slots([node["Resources"] for node in ray.nodes() if node["Alive"]], per_worker) >= workers:
-        return None
-    kinds = [group.name for group in _node_groups() if _slots([group.resources], per_worker)]
-    kind = "GPU" if "GPU" in per_worker else "CPU"
-    return f"waiting for {workers} {kind} workers: the autoscaler can add {', '.join(kinds)} nodes" if kinds else None
 
 
 @contextlib.contextmanager

