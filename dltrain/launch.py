@@ -18,7 +18,6 @@ from ray.util.queue import Empty, Queue
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from dltrain import cluster
-from dltrain.cluster import ray_connection, worker_resources
 from dltrain.data import DATASETS
 from dltrain.data import prepare as prepare_data
 from dltrain.data.idx import IdxError
@@ -288,8 +287,8 @@ def _final_status(run: Run, status: str, error: str) -> None:
 
 
 def _run(job: dict, run: Run, parameters: int) -> dict:
-    with recorded(run), ray_connection(job["ray"]["address"]):
-        per_worker = worker_resources(job["resources"])
+    with recorded(run), cluster.ray_connection(job["ray"]["address"]):
+        per_worker = cluster.worker_resources(job["resources"])
         cluster.check_paths_on_nodes(job["dataset"]["path"], run.storage)
         print(f"dltrain: {parameters:,} parameters; {_worker_count(job['resources'])} worker(s) x {per_worker}")
         with _EpochPrinter(job["trainer"]["epochs"]) as printer:

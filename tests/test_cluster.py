@@ -156,48 +156,39 @@ def test_ray_job_stop_ends_a_submitted_run_stopped_with_its_checkpoints(
     assert "Job 'dltrain-stop' was stopped" in _job_cli(cluster, "status", "dltrain-stop").stdout
 
 
-def test_a_lost_node_without_elastic_fails_in_one_line_and_resume_completes_once_it_is_back(
-    cluster, store, real_data, tmp_path
-):
+def test_a_lost_node_without_elastic_fails_in_one_line_after_the_wait(cluster, store, real_data, tmp_path):
+    """(That resume= then continues a run is tested on one machine, where it works the same: test_cli, test_s3.)"""
     lost = cluster.workers[-1]
     driver = _driver(cluster, *_recipe(cluster, real_data, tmp_path, "ray.wait_for_workers_s=15"))
     _wait_for(tmp_path / "weights-0-epoch1.npz", driver)
     lost.kill()
     try:
         stdout, stderr = driver.communicate(timeout=RUN_TIMEOUT_S)
-        assert driver.returncode == 2, stderr
-        run_id = _run_id(stdout)
-        last = stderr.strip().splitlines()[-1]
-        assert last.startswith(f"dltrain: error: run {run_id} FAILED: lost node {lost.address}; 4 workers x "), last
-        assert "could not be placed for 15 s (ray.wait_for_workers_s); the cluster has 1 CPU, 2 GPU left" in last
-        assert f"resume={run_id} continues it once the capacity is back" in last
-        run = store.get(run_id)
-        assert run.status()["status"] == "FAILED"
     finally:
         cluster.restart(lost)
-    resumed = _driver(cluster, *_recipe(cluster, real_data, tmp_path / "resumed", f"resume={run_id}"))
-    stdout, stderr = resumed.communicate(timeout=RUN_TIMEOUT_S)
-    assert resumed.returncode == 0, stderr[-3000:]
-    assert run.status()["status"] == "COMPLETED"
-    assert [row["epoch"] for row in run.metrics()][-1] == 4
+    assert driver.returncode == 2, stderr
+    run_id = _run_id(stdout)
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith(f"dltrain: error: run {run_id} FAILED: lost node {lost.address}; 4 workers x "), last
+    assert "could not be placed for 15 s (ray.wait_for_workers_s); the cluster has 1 CPU, 2 GPU left" in last
+    assert f"resume={run_id} continues it once the capacity is back" in last
+    assert store.get(run_id).status()["status"] == "FAILED"
 
 
 def test_an_elastic_run_goes_on_without_a_lost_node_and_takes_the_same_steps(
     cluster, store, real_data, submitted_run, tmp_path
 ):
     """The run loses a node at epoch 2 of 4 and ends on 2 workers; the uninterrupted 4-worker run (the
-    submitted one: same recipe and global batch) is the reference, within the engine test's bounds."""
+    submitted one: same recipe and global batch) is the reference, within the engine test's bounds. The
+    module's last test: the node stays lost."""
     lost = cluster.workers[-1]
     # Ray marks the node dead after missed health checks: the first attempt to restart (a quarter of the wait)
     # may still count it, a later one takes the 2 workers left.
     driver = _driver(cluster, *_recipe(cluster, real_data, tmp_path, "resources.min_workers=2",
-                                       "ray.wait_for_workers_s=60"))  # fmt: skip
+                                       "ray.wait_for_workers_s=40"))  # fmt: skip
     _wait_for(tmp_path / "weights-0-epoch1.npz", driver)
     lost.kill()
-    try:
-        stdout, stderr = driver.communicate(timeout=RUN_TIMEOUT_S)
-    finally:
-        cluster.restart(lost)
+    stdout, stderr = driver.communicate(timeout=RUN_TIMEOUT_S)
     assert driver.returncode == 0, stderr[-3000:]
     assert "2-4 worker(s)" in stdout
     ended_on = json.loads((tmp_path / "worker-0.json").read_text())
