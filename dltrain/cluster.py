@@ -148,13 +148,15 @@ def worker_resources(resources: dict, trials_at_once: int | None = None) -> dict
 @contextlib.contextmanager
 def worker_start_timeout(wait_s: float) -> Iterator[None]:
     """Ray Train started in this block gives up an attempt to place a run's workers after a quarter of `wait_s`
-    (at most its default 60 s), then decides again; WaitForWorkers ends the run once `wait_s` have passed.
+    (at most its default 60 s, at least 30 s), then decides again; WaitForWorkers ends the run once `wait_s`
+    have passed.
 
     Several attempts fit in the wait, so that an elastic run whose first attempt still counted a lost node
     (Ray marks a node dead only after missed heartbeats) goes on with the workers left at the next one. Ray
     Train's controller takes this setting from the driver's environment.
     """
-    attempt_s = min(_RAY_ATTEMPT_S, wait_s / 4)
+    # At least 30 s (or the whole wait, if shorter): starting a worker group on a busy machine takes that long.
+    attempt_s = max(min(_RAY_ATTEMPT_S, wait_s / 4), min(30, wait_s))
     with _environment(RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S=f"{attempt_s:g}"):
         yield
 

@@ -185,7 +185,7 @@ def test_an_elastic_run_goes_on_without_a_lost_node_and_takes_the_same_steps(
     # Ray marks the node dead after missed health checks: the first attempt to restart (a quarter of the wait)
     # may still count it, a later one takes the 2 workers left.
     driver = _driver(cluster, *_recipe(cluster, real_data, tmp_path, "resources.min_workers=2",
-                                       "ray.wait_for_workers_s=40"))  # fmt: skip
+                                       "ray.wait_for_workers_s=120"))  # fmt: skip
     _wait_for(tmp_path / "weights-0-epoch1.npz", driver)
     lost.kill()
     stdout, stderr = driver.communicate(timeout=RUN_TIMEOUT_S)
