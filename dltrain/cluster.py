@@ -17,6 +17,7 @@ from ray.train.v2._internal.execution.callback import ControllerCallback
 from ray.train.v2._internal.execution.controller.state import RunningState
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from dltrain.config import worker_range
 from dltrain.errors import DltrainError
 from dltrain.storage import Storage
 
@@ -118,7 +119,7 @@ def worker_resources(resources: dict, trials_at_once: int | None = None) -> dict
     """Ray resources for one worker of a run, or of one of a sweep's `trials_at_once` trials sharing the cluster;
     DltrainError if this cluster can never place one run's workers (an elastic run's min_workers)."""
     workers, use_gpu = resources["num_workers"], resources["use_gpu"]
-    least = resources["min_workers"] or workers  # an elastic run starts with at least min_workers
+    least = worker_range(resources)[0]  # an elastic run starts with at least min_workers
     nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
     total_cpus = sum(node.get("CPU", 0) for node in nodes)
     # CPU workers share the machine (Ray caps each worker's threads at its CPUs); GPU workers need one CPU each.

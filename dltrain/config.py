@@ -194,6 +194,11 @@ def _absolute(location: str | None) -> str | None:
     return str(Path(location.removeprefix("file://")).expanduser().absolute())
 
 
+def worker_range(resources: dict) -> tuple[int, int]:
+    """(fewest, most) workers of a run: (num_workers, num_workers) unless elastic (resources.min_workers)."""
+    return resources["min_workers"] or resources["num_workers"], resources["num_workers"]
+
+
 def _check_job(job: dict) -> None:
     """Every section's keys and values, the model's keys, and the rules that tie sections together."""
     for section, rules in _RULES.items():
@@ -201,7 +206,7 @@ def _check_job(job: dict) -> None:
     _check_model(job["model"])
 
     trainer, resources, dataset = job["trainer"], job["resources"], job["dataset"]
-    least = resources["min_workers"] or resources["num_workers"]
+    least = worker_range(resources)[0]
     if least > resources["num_workers"]:
         raise DltrainError(
             f"resources.min_workers={least} exceeds resources.num_workers={resources['num_workers']}: "

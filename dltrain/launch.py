@@ -18,6 +18,7 @@ from ray.util.queue import Empty, Queue
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from dltrain import cluster
+from dltrain.config import worker_range
 from dltrain.data import DATASETS
 from dltrain.data import prepare as prepare_data
 from dltrain.data.idx import IdxError
@@ -303,7 +304,7 @@ def _run(job: dict, run: Run, parameters: int) -> dict:
 
 def _worker_count(resources: dict) -> str:
     """ "4", or "2-4" for an elastic run."""
-    least, most = resources["min_workers"] or resources["num_workers"], resources["num_workers"]
+    least, most = worker_range(resources)
     return f"{least}-{most}" if least < most else str(most)
 
 
@@ -312,7 +313,7 @@ def execute(job: dict, run: Run, per_worker: dict, callbacks: list[ray.train.Use
     started = time.time()
     run.set_status("RUNNING")
     resources, wait = job["resources"], job["ray"]["wait_for_workers_s"]
-    waiting = cluster.WaitForWorkers(wait, run.id, resources["min_workers"] or resources["num_workers"], per_worker)
+    waiting = cluster.WaitForWorkers(wait, run.id, worker_range(resources)[0], per_worker)
     with run.heartbeat(), cluster.worker_start_timeout(wait):
         fit(framework.make_trainer(job, run, per_worker, [*callbacks, waiting]))
     summary = {

@@ -20,7 +20,7 @@ import tensorflow as tf
 from hydra.utils import instantiate
 from ray.train.tensorflow import TensorflowTrainer
 
-from dltrain.config import import_target
+from dltrain.config import import_target, worker_range
 from dltrain.data import DATASETS
 from dltrain.data import prepare as prepare_data
 from dltrain.data.pipeline import Split, eval_batches, steps_per_epoch, train_batches, train_validation_split
@@ -203,7 +203,7 @@ def make_trainer(
 ) -> TensorflowTrainer:
     """Ray's TensorflowTrainer for `job`, persisting checkpoints into the run folder."""
     resources = job["resources"]
-    least, most = resources["min_workers"] or resources["num_workers"], resources["num_workers"]
+    least, most = worker_range(resources)
     return TensorflowTrainer(
         train_loop_per_worker,
         train_loop_config={**job, "run_id": run.id},
