@@ -10,6 +10,7 @@ from omegaconf import DictConfig
 
 from dltrain.errors import DltrainError
 from dltrain.logs import output_to
+from dltrain.stage import temporary_name
 
 # An installed wheel carries the configs inside the package; a source checkout keeps them at the top.
 _PACKAGED = Path(__file__).parent / "conf"
@@ -23,17 +24,20 @@ def main(cfg: DictConfig) -> None:
     console.setLevel(logging.WARNING)  # INFO records go to the run's driver log only
     console.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=logging.INFO, handlers=[console])
-    driver_log = Path(tempfile.mkstemp(prefix="dltrain-driver-", suffix=".log")[1])
-    # TensorFlow's native start-up lines go to the driver log (kept in the run folder), not the console.
-    with output_to(driver_log, fds=(2,)):
-        from dltrain import config, launch  # imported after Hydra, so `--help` and `--cfg` stay fast
+    # Removed at the end: the run folder has kept it as logs/driver.log (or no run was made).
+    driver_log = Path(tempfile.mkstemp(prefix=temporary_name("driver"), suffix=".log")[1])
     try:
+        # TensorFlow's native start-up lines go to the driver log, not the console.
+        with output_to(driver_log, fds=(2,)):
+            from dltrain import config, launch  # imported after Hydra, so `--help` and `--cfg` stay fast
         launch.train(config.resolve(cfg), driver_log)
     except DltrainError as error:
         print(f"dltrain: error: {error}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         sys.exit(130)
+    finally:
+        driver_log.unlink(missing_ok=True)
 
 
 if __name__ == "__main__":

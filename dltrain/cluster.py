@@ -6,12 +6,14 @@ import logging
 import math
 import os
 import socket
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import ray
+from ray._common.utils import get_default_system_temp_dir
 from ray._private import ray_constants
 from ray.train.v2._internal.execution.callback import ControllerCallback
 from ray.train.v2._internal.execution.controller.state import RunningState
@@ -19,10 +21,14 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from dltrain.config import worker_range
 from dltrain.errors import DltrainError
+from dltrain.stage import temporary_name
 from dltrain.storage import Storage
 
 TRIAL_CPUS = 0.01  # what a sweep's trial (which only starts its workers) reserves; Tune refuses 0
 _RAY_ATTEMPT_S = 60  # Ray Train's own limit on one attempt to place a run's workers
+# Ray Train's controller collects the workers' reports on this poll (Ray's default: 2 s), and only then does an
+# epoch line reach the console: 0.5 s keeps it within a second of the epoch's end.
+CONTROLLER_POLL_S = 0.5
 NODE_CHECK_TIMEOUT_S = 60  # a node that has not answered the path check by then is named as not answering
 
 
@@ -100,7 +106,14 @@ def ray_connection(address: str | None, dashboard: bool = False) -> Iterator[Non
             # be one more process polling in the background.
             with _known_address(), _environment(RAY_worker_niceness="0", RAY_TRAIN_ENABLE_PREEMPTION_WATCHER="0"):
                 # address="local" always starts a new Ray: a stale /tmp/ray/ray_current_cluster cannot make it hang.
-                ray.init(address="local", include_dashboard=dashboard, **quiet)
+                # Its session folder (logs, sockets, spilled objects) goes with it: the run folder keeps the logs.
+                # (Where Ray would make /tmp/ray: its socket paths must stay short.)
+                ray_temp = stack.enter_context(
+                    tempfile.TemporaryDirectory(
+                        prefix=temporary_name("ray"), dir=get_default_system_temp_dir(), ignore_cleanup_errors=True
+                    )
+                )
+                ray.init(address="local", include_dashboard=dashboard, _temp_dir=ray_temp, **quiet)
         try:
             yield
         finally:
@@ -147,18 +160,22 @@ def worker_resources(resources: dict, trials_at_once: int | None = None) -> dict
 
 
 @contextlib.contextmanager
-def worker_start_timeout(wait_s: float) -> Iterator[None]:
-    """Ray Train started in this block gives up an attempt to place a run's workers after a quarter of `wait_s`
-    (at most its default 60 s, at least 30 s), then decides again; WaitForWorkers ends the run once `wait_s`
-    have passed.
+def controller_settings(wait_s: float) -> Iterator[None]:
+    """Ray Train started in this block polls its workers every CONTROLLER_POLL_S, and gives up an attempt to
+    place a run's workers after a quarter of `wait_s` (at most its default 60 s, at least 30 s), then decides
+    again; WaitForWorkers ends the run once `wait_s` have passed.
 
     Several attempts fit in the wait, so that an elastic run whose first attempt still counted a lost node
     (Ray marks a node dead only after missed heartbeats) goes on with the workers left at the next one. Ray
-    Train's controller takes this setting from the driver's environment.
+    Train's controller takes these settings from the driver's environment.
     """
     # At least 30 s (or the whole wait, if shorter): starting a worker group on a busy machine takes that long.
     attempt_s = max(min(_RAY_ATTEMPT_S, wait_s / 4), min(30, wait_s))
-    with _environment(RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S=f"{attempt_s:g}"):
+    settings = {
+        "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": f"{attempt_s:g}",
+        "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": f"{CONTROLLER_POLL_S:g}",
+    }
+    with _environment(**settings):
         yield
 
 

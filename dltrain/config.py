@@ -21,6 +21,7 @@ from dltrain.storage import DEFAULT_RETRY_SECONDS
 FRAMEWORKS = ("tensorflow",)
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 LR_SCHEDULES = ("constant", "cosine")
+PROGRESS_MODES = ("auto", "bar", "lines", "epochs", "none")  # how the console shows an epoch's progress
 EPOCH_METRICS = ("val_accuracy", "val_loss", "accuracy", "loss")  # what every epoch reports, so what a sweep ranks
 SCHEDULERS = ("asha", "median", "fifo")
 SEARCH_ALGORITHMS = ("random", "grid", "bayes")
@@ -52,6 +53,7 @@ _RULES: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
         "seed": (_is_int, "an integer"),
         "max_failures": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
         "keep_checkpoints": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+        "progress": (lambda v: v in PROGRESS_MODES, "one of " + ", ".join(PROGRESS_MODES)),
         "callbacks": (
             lambda v: isinstance(v, dict) and all(isinstance(c, dict) and "_target_" in c for c in v.values()),
             "a mapping of names to {_target_: a Keras callback class, ...its arguments}",

@@ -2,7 +2,6 @@
 
 import contextlib
 import logging
-import queue
 import signal
 import sys
 import tempfile
@@ -14,11 +13,11 @@ from typing import Any
 
 import ray
 import ray.train
-from ray.util.queue import Empty, Queue
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+from ray.actor import ActorHandle
 
 from dltrain import cluster
 from dltrain.config import worker_range
+from dltrain.console import Console, EpochRelay
 from dltrain.data import DATASETS
 from dltrain.data import prepare as prepare_data
 from dltrain.data.idx import IdxError
@@ -27,61 +26,10 @@ from dltrain.frameworks import tensorflow as framework
 from dltrain.logs import output_to
 from dltrain.retrying_fs import unavailable_in
 from dltrain.runs import FINAL_STATUS_WINDOWS, Run, RunStore, StatusPending
+from dltrain.stage import remove_left_behind, temporary_name
 from dltrain.storage import Storage, check_storage, open_storage
 
 log = logging.getLogger("dltrain")
-
-
-def _epoch_line(metrics: dict, epochs: int) -> str:
-    parts = [
-        f"epoch {metrics['epoch']}/{epochs}",
-        f"loss {metrics['loss']:.4f}",
-        f"accuracy {metrics['accuracy']:.4f}",
-    ]
-    if "val_loss" in metrics:
-        parts += [f"val_loss {metrics['val_loss']:.4f}", f"val_accuracy {metrics['val_accuracy']:.4f}"]
-    parts += [f"{metrics['seconds']:.1f}s", f"{metrics['samples_per_second']:.0f} samples/s"]
-    return "  ".join(parts)
-
-
-class _Relay(ray.train.UserCallback):
-    """Runs in Ray Train's controller: passes rank 0's reports to the driver once every worker has reported."""
-
-    def __init__(self, reports: Queue):
-        self.reports = reports
-
-    def after_report(self, run_context, metrics: list[dict], checkpoint) -> None:
-        if metrics:
-            self.reports.put(metrics[0])
-
-
-class _EpochPrinter:
-    """Driver side of the relay: a thread prints each epoch (rank 0 has stored it in the metrics history)."""
-
-    def __init__(self, epochs: int):
-        self.epochs = epochs
-        # On the driver's node, which lives as long as the run: a lost worker node must not take the queue along.
-        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-        self.reports = Queue(actor_options={"num_cpus": 0, "scheduling_strategy": here})
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._drain, name="dltrain-printer", daemon=True)
-
-    def _drain(self) -> None:
-        while not (self._done.is_set() and self.reports.empty()):
-            try:
-                metrics = self.reports.get(timeout=2)  # each poll is a call to the queue's actor: keep them rare
-            except (Empty, queue.Empty):
-                continue
-            print(_epoch_line(metrics, self.epochs), flush=True)
-
-    def __enter__(self) -> "_EpochPrinter":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self._done.set()
-        self._thread.join(timeout=30)
-        ray.kill(self.reports.actor)
 
 
 def _check_data(job: dict) -> None:
@@ -185,6 +133,7 @@ def train(job: dict, driver_log: Path | None = None) -> dict:
 
     `driver_log`, a local file, receives the driver's log records and is kept as the folder's logs/driver.log.
     """
+    remove_left_behind()  # by drivers and workers on this machine that were killed
     storage = _open_storage(job["storage"])
     run = _run_to_resume(job["resume"], storage) if job["resume"] else None
     if run is not None:
@@ -236,8 +185,9 @@ def _run_to_resume(run_id: str, storage: Storage) -> Run:
 
 @contextlib.contextmanager
 def _logging_to(driver_log: Path | None, run: Run) -> Iterator[None]:
-    """Log records of every library at INFO and above go to `driver_log`, then into the run folder."""
-    driver_log = driver_log or Path(tempfile.mkstemp(prefix="dltrain-driver-", suffix=".log")[1])
+    """Log records of every library at INFO and above go to `driver_log`, then into the run folder; the local
+    file is removed once stored there, else kept under a name with the run id."""
+    driver_log = driver_log or Path(tempfile.mkstemp(prefix=temporary_name("driver"), suffix=".log")[1])
     handler = logging.FileHandler(driver_log)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.setLevel(logging.INFO)
@@ -250,8 +200,10 @@ def _logging_to(driver_log: Path | None, run: Run) -> Iterator[None]:
         handler.close()
         try:
             run.storage.write_bytes(f"{run.path}/logs/driver.log", driver_log.read_bytes())
+            driver_log.unlink()
         except OSError as error:  # an outage outlasted the retries: the log stays here, and the run's error shows
-            print(f"dltrain: the driver log stays in {driver_log}: {error}", file=sys.stderr, flush=True)
+            kept = driver_log.rename(driver_log.with_name(f"dltrain-{run.id}-driver.log"))
+            print(f"dltrain: the driver log stays in {kept}: {error}", file=sys.stderr, flush=True)
 
 
 @contextlib.contextmanager
@@ -292,8 +244,9 @@ def _run(job: dict, run: Run, parameters: int) -> dict:
         per_worker = cluster.worker_resources(job["resources"])
         cluster.check_paths_on_nodes(job["dataset"]["path"], run.storage)
         print(f"dltrain: {parameters:,} parameters; {_worker_count(job['resources'])} worker(s) x {per_worker}")
-        with _EpochPrinter(job["trainer"]["epochs"]) as printer:
-            summary = execute(job, run, per_worker, [_Relay(printer.reports)])
+        with Console(job["trainer"]["progress"]) as console:
+            relay = EpochRelay(console.handle, run.id, job["trainer"]["epochs"])
+            summary = execute(job, run, per_worker, [relay], console.handle)
     print(
         f"dltrain: run {run.id} COMPLETED: test_accuracy {summary['test_accuracy']:.4f}  "
         f"test_loss {summary['test_loss']:.4f}  {summary['wall_seconds']:.0f}s -> {run.uri}",
@@ -308,14 +261,17 @@ def _worker_count(resources: dict) -> str:
     return f"{least}-{most}" if least < most else str(most)
 
 
-def execute(job: dict, run: Run, per_worker: dict, callbacks: list[ray.train.UserCallback]) -> dict:
-    """Train `job` into `run` on the connected Ray, mark it RUNNING then COMPLETED, and return its summary."""
+def execute(
+    job: dict, run: Run, per_worker: dict, callbacks: list[ray.train.UserCallback], console: ActorHandle | None
+) -> dict:
+    """Train `job` into `run` on the connected Ray, mark it RUNNING then COMPLETED, and return its summary;
+    rank 0 sends its progress to the `console` queue actor."""
     started = time.time()
     run.set_status("RUNNING")
     resources, wait = job["resources"], job["ray"]["wait_for_workers_s"]
     waiting = cluster.WaitForWorkers(wait, run.id, worker_range(resources)[0], per_worker)
-    with run.heartbeat(), cluster.worker_start_timeout(wait):
-        fit(framework.make_trainer(job, run, per_worker, [*callbacks, waiting]))
+    with run.heartbeat(), cluster.controller_settings(wait):
+        fit(framework.make_trainer(job, run, per_worker, [*callbacks, waiting], console))
     summary = {
         "run_id": run.id,
         "status": "COMPLETED",

@@ -20,11 +20,13 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 from ray import tune
+from ray.actor import ActorHandle
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule, TrialScheduler
 from ray.tune.search import BasicVariantGenerator
 
 from dltrain import cluster, launch, search_space
+from dltrain.console import Console
 from dltrain.errors import DltrainError
 from dltrain.frameworks import tensorflow as framework
 from dltrain.runs import ENDED, Run, RunStore
@@ -124,9 +126,10 @@ def _search_algorithm(sweep: dict, at_once: int) -> Any:
     return BasicVariantGenerator(max_concurrent=at_once, random_state=seed)
 
 
-def _trial(params: dict, job: dict, sweep_id: str, per_worker: dict) -> None:
+def _trial(params: dict, job: dict, sweep_id: str, per_worker: dict, console: ActorHandle) -> None:
     """One trial, in its Tune actor: a dltrain run of `job` with the trial's values (resumed if it exists, and
-    not trained again if it has COMPLETED), ending with a report of its last epoch and test metrics.
+    not trained again if it has COMPLETED), ending with a report of its last epoch and test metrics. Its rank 0
+    sends its progress to the sweep's `console`.
 
     Ray Train reports each epoch to Tune as it ends. A trial resumed after its last checkpoint trains no epoch,
     and Tune fails a sweep whose trial ends without reporting its metric: the last report covers that trial.
@@ -142,15 +145,16 @@ def _trial(params: dict, job: dict, sweep_id: str, per_worker: dict) -> None:
         if resuming:
             run.mark_resumed()
         with launch.recorded(run):
-            launch.execute(trial_job, run, per_worker, [TuneReportCallback()])
+            launch.execute(trial_job, run, per_worker, [TuneReportCallback()], console)
     tune.report(run.metrics()[-1] | run.test_metrics())
 
 
 class _Progress(tune.Callback):
-    """The console: a compact table of the trials every _TABLE_SECONDS while something changed."""
+    """The console: a compact table of the trials every _TABLE_SECONDS while something changed or a trial runs,
+    with each running trial's progress in its epoch from the sweep's `console`."""
 
-    def __init__(self, sweep: dict, epochs: int):
-        self.metric, self.epochs = sweep["metric"], epochs
+    def __init__(self, sweep_id: str, sweep: dict, epochs: int, console: Console):
+        self.sweep_id, self.metric, self.epochs, self.console = sweep_id, sweep["metric"], epochs, console
         self.paths = list(search_space.flatten(sweep["space"]))
         self._printed_at = 0.0
         self._changed = False
@@ -162,7 +166,8 @@ class _Progress(tune.Callback):
         self._changed = True
 
     def on_step_end(self, iteration, trials, **info) -> None:
-        if self._changed and time.monotonic() - self._printed_at > _TABLE_SECONDS:
+        moving = self._changed or any(trial.status == "RUNNING" for trial in trials)
+        if moving and time.monotonic() - self._printed_at > _TABLE_SECONDS:
             self._printed_at, self._changed = time.monotonic(), False
             print(self.table(trials), flush=True)
 
@@ -172,17 +177,23 @@ class _Progress(tune.Callback):
             return trial.status
         return "COMPLETED" if trial.last_result.get(_TIME) == self.epochs else "STOPPED"
 
+    def _progress(self, trial: Any) -> str:
+        """ "epoch 3 45%": where a running trial is in the epoch it trains now."""
+        progress = self.console.latest.get(trial_run_id(self.sweep_id, trial.trial_id))
+        return f"epoch {progress['epoch']} {100 * progress['step'] // progress['steps']}%" if progress else ""
+
     def table(self, trials: list) -> str:
         """Trial id, Tune status, epochs, metric and sampled values, one line per trial."""
         statuses = [self._status(trial) for trial in trials]
         counts = {status: statuses.count(status) for status in sorted(set(statuses))}
         lines = [f"trials: {', '.join(f'{n} {status}' for status, n in counts.items())}"]
-        header = ["trial", "status", "epoch", self.metric, *self.paths]
+        header = ["trial", "status", "epoch", "progress", self.metric, *self.paths]
         rows = [
             [
                 trial.trial_id,
                 status,
                 str(trial.last_result.get(_TIME, "")),
+                self._progress(trial) if status == "RUNNING" else "",
                 _format(trial.last_result.get(self.metric)),
                 *(_format(trial.config.get(path)) for path in self.paths),
             ]
@@ -222,8 +233,8 @@ def run_sweep(job: dict, sweep: Run, resuming: bool) -> dict:
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # Tune's legacy console output, which verbose=0 silences: _Progress reports
     with launch.recorded(sweep):
         try:
-            with cluster.ray_connection(job["ray"]["address"], dashboard=True):
-                results = _tune(job, sweep, trials, at_once, resuming)
+            with cluster.ray_connection(job["ray"]["address"], dashboard=True), Console("none") as console:
+                results = _tune(job, sweep, trials, at_once, resuming, console)
         except KeyboardInterrupt:
             _close_unfinished(sweep, settings, interrupted=True)
             raise
@@ -239,8 +250,9 @@ def run_sweep(job: dict, sweep: Run, resuming: bool) -> dict:
     return summary
 
 
-def _tune(job: dict, sweep: Run, trials: int, at_once: int, resuming: bool) -> tune.ResultGrid:
-    """Run the trials with Ray Tune on the connected Ray, continuing Tune's saved state when resuming."""
+def _tune(job: dict, sweep: Run, trials: int, at_once: int, resuming: bool, console: Console) -> tune.ResultGrid:
+    """Run the trials with Ray Tune on the connected Ray, continuing Tune's saved state when resuming; the trials
+    send their progress to `console`, which the trial table shows."""
     settings = job["sweep"]
     per_worker = cluster.worker_resources(job["resources"], at_once)
     cluster.check_paths_on_nodes(job["dataset"]["path"], sweep.storage)
@@ -251,7 +263,7 @@ def _tune(job: dict, sweep: Run, trials: int, at_once: int, resuming: bool) -> t
         flush=True,
     )
     trainable = tune.with_resources(
-        tune.with_parameters(_trial, job=job, sweep_id=sweep.id, per_worker=per_worker),
+        tune.with_parameters(_trial, job=job, sweep_id=sweep.id, per_worker=per_worker, console=console.handle),
         {"CPU": cluster.TRIAL_CPUS},
     )
     tune_path = sweep.storage.join(sweep.id, _TUNE_FOLDER)
@@ -273,7 +285,7 @@ def _tune(job: dict, sweep: Run, trials: int, at_once: int, resuming: bool) -> t
                 name=_TUNE_FOLDER,
                 storage_path=sweep.storage.join(sweep.id),
                 storage_filesystem=sweep.storage.filesystem,
-                callbacks=[_Progress(settings, job["trainer"]["epochs"])],
+                callbacks=[_Progress(sweep.id, settings, job["trainer"]["epochs"], console)],
                 verbose=0,
             ),
         )

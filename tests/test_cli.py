@@ -3,6 +3,7 @@
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -25,6 +26,16 @@ def _dltrain(
     )
 
 
+def _epoch_lines(stdout: str) -> list[str]:
+    """ "epoch 3/6" for each epoch line (the progress lines within an epoch go on with "  step ")."""
+    return [line.split("  ")[0] for line in stdout.splitlines() if re.match(r"epoch \d+/\d+  loss ", line)]
+
+
+def _temporary_files() -> set[str]:
+    """What dltrain, TensorFlow and Ray could leave in the system's temporary folder."""
+    return {name for name in os.listdir(tempfile.gettempdir()) if name.startswith(("dltrain", "__autograph", "ray"))}
+
+
 def _only_run(storage: Path) -> Path:
     (run,) = [path for path in storage.iterdir() if path.is_dir()]
     return run
@@ -34,6 +45,7 @@ def _only_run(storage: Path) -> Path:
 def test_a_two_cpu_worker_run_from_relative_paths_writes_its_whole_folder(real_data, tmp_path):
     # Relative paths, as a user types them: the workers, which Ray runs in folders of its own, must find them.
     # (4 workers of resources=large run across two nodes in test_cluster.py.)
+    before = _temporary_files()
     result = _dltrain(
         "model=fashion", "resources=medium", "resources.use_gpu=false", "trainer.epochs=2", "dataset.limit=1280",
         "trainer.batch_size=64", f"dataset.path={os.path.relpath(real_data, tmp_path)}", "storage.uri=.",
@@ -42,8 +54,16 @@ def test_a_two_cpu_worker_run_from_relative_paths_writes_its_whole_folder(real_d
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.splitlines()
     assert lines[0].startswith("dltrain: run ") and "2 worker(s)" in lines[1]
-    assert [line.split("  ")[0] for line in lines if line.startswith("epoch ")] == ["epoch 1/2", "epoch 2/2"]
+    assert _epoch_lines(result.stdout) == ["epoch 1/2", "epoch 2/2"]
+    # Piped, the console shows progress as lines: 18 steps an epoch, a line at each quarter, then the epoch line.
+    shown = [
+        (line.split()[1], line.split()[3] if "  step " in line else "epoch line")
+        for line in lines
+        if re.match(r"epoch \d/2  (step \d+/18  \d+%  )?loss ", line)
+    ]
+    assert shown == [(epoch, at) for epoch in ("1/2", "2/2") for at in ("5/18", "9/18", "14/18", "epoch line")]
     assert "COMPLETED: test_accuracy" in lines[-1]
+    assert _temporary_files() == before  # no driver log, worker stage, autograph file or Ray session is left
     assert not any(noise in result.stdout + result.stderr for noise in ("I0000", "oneDNN", "absl", "Traceback"))
     run = _only_run(tmp_path)
     assert lines[-1].endswith(str(run))
@@ -102,7 +122,7 @@ def test_ctrl_c_stops_the_run_and_keeps_its_checkpoints(real_data, tmp_path):
     )  # fmt: skip
     try:
         for line in process.stdout:
-            if line.startswith("epoch 2/50"):
+            if line.startswith("epoch 2/50  loss"):  # the epoch line, not a progress line
                 break
         process.send_signal(signal.SIGINT)
         process.wait(timeout=90)
@@ -125,7 +145,7 @@ def test_resume_after_the_driver_dies_completes_the_same_run(real_data, tmp_path
     )  # fmt: skip
     try:
         for line in process.stdout:
-            if line.startswith("epoch 2/6"):
+            if line.startswith("epoch 2/6  loss"):
                 break
         os.killpg(process.pid, signal.SIGKILL)  # the driver and its embedded Ray die at once, as in a reboot
         process.wait(timeout=30)
@@ -134,10 +154,12 @@ def test_resume_after_the_driver_dies_completes_the_same_run(real_data, tmp_path
     run = _only_run(tmp_path)
     assert json.loads((run / "status.json").read_text())["status"] == "RUNNING"  # nobody could mark it
     assert not (run / "summary.json").exists()
+    stages = f"dltrain-{run.name}-worker*"
+    assert list(Path(tempfile.gettempdir()).glob(stages))  # the killed workers could not remove theirs
     result = _dltrain(f"resume={run.name}", f"storage.uri={tmp_path}")
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"resuming run {run.name} (RUNNING)" in result.stdout
-    epochs = [line.split("  ")[0] for line in result.stdout.splitlines() if line.startswith("epoch ")]
+    epochs = _epoch_lines(result.stdout)
     first = int(epochs[0].split()[1].split("/")[0])
     assert 3 <= first <= 6 and epochs[-1] == "epoch 6/6"  # continued from a checkpoint, not from scratch
     assert epochs == [f"epoch {epoch}/6" for epoch in range(first, 7)]  # each new epoch printed once, in order
@@ -145,6 +167,7 @@ def test_resume_after_the_driver_dies_completes_the_same_run(real_data, tmp_path
     assert status["status"] == "COMPLETED" and len(status["resumed"]) == 1
     assert json.loads((run / "summary.json").read_text())["epochs"] == 6
     assert pq.read_table(run / "metrics.parquet").column("epoch").to_pylist() == [1, 2, 3, 4, 5, 6]
+    assert not list(Path(tempfile.gettempdir()).glob(stages))  # the resumed run removed them at its start
     again = _dltrain(f"resume={run.name}", f"storage.uri={tmp_path}")
     assert again.returncode == 0 and "already COMPLETED; nothing to resume" in again.stdout
 

@@ -134,8 +134,8 @@ def test_a_submitted_large_run_completes_with_ranks_on_both_worker_nodes(cluster
     assert {worker["node_ip"] for worker in seen} == {node.address for node in cluster.workers}
     assert sorted(worker["cuda_visible_devices"] for worker in seen) == ["0", "0", "1", "1"]  # 2 GPUs a node
     logs = _job_cli(cluster, "logs", "dltrain-large")
-    assert "epoch 4/4" in logs.stdout and f"dltrain: run {run_id} COMPLETED" in logs.stdout
-    assert "epoch 1/4" in output
+    assert "\nepoch 4/4  loss" in logs.stdout and f"dltrain: run {run_id} COMPLETED" in logs.stdout
+    assert "\nepoch 1/4  loss" in output
 
 
 def test_ray_job_stop_ends_a_submitted_run_stopped_with_its_checkpoints(

@@ -114,6 +114,7 @@ def test_overrides_reach_the_job():
             ["resources=large", "resources.min_workers=2", "trainer.batch_size=128"],
             "trainer.batch_size=128 is not divisible by 3 workers: an elastic run (resources.min_workers=2 to num_wo",
         ),
+        (["trainer.progress=sometimes"], "trainer.progress='sometimes' is invalid: expected one of auto, bar, lines,"),
         (["ray.wait_for_workers_s=0"], "ray.wait_for_workers_s=0 is invalid: expected a number > 0 (seconds)"),
         (["+trainer.callbacks.x=1"], "trainer.callbacks={'x': 1} is invalid"),
         (

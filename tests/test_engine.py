@@ -4,6 +4,7 @@ import json
 import re
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import keras
@@ -162,6 +163,8 @@ def test_a_killed_worker_restarts_from_the_last_checkpoint(ray_cluster, real_dat
     )  # fmt: skip
     summary = train(job)
     assert marker.exists()  # worker 1 really died mid-epoch 2
+    # Its stage was removed by the restarted workers, and theirs when they ended.
+    assert not list(Path(tempfile.gettempdir()).glob(f"dltrain-{summary['run_id']}-worker*"))
     run = RunStore(open_storage({"uri": str(tmp_path / "runs")})).get(summary["run_id"])
     assert run.status()["status"] == "COMPLETED" and summary["epochs"] == 3
     assert [row["epoch"] for row in run.metrics()] == [1, 2, 3]  # no epoch missing or repeated

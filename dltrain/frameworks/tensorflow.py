@@ -10,7 +10,6 @@ import json
 import math
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import keras
 import ray.train
 import tensorflow as tf
 from hydra.utils import instantiate
+from ray.actor import ActorHandle
 from ray.train.tensorflow import TensorflowTrainer
 
 from dltrain.config import import_target, worker_range
@@ -26,8 +26,10 @@ from dltrain.data import prepare as prepare_data
 from dltrain.data.pipeline import Split, eval_batches, steps_per_epoch, train_batches, train_validation_split
 from dltrain.engine.loop import DistributedLoop
 from dltrain.logs import output_to
+from dltrain.progress import ProgressSender
 from dltrain.retrying_fs import StorageUnavailable, unavailable_in
 from dltrain.runs import TEST_METRICS_FILE, Run
+from dltrain.stage import stage as worker_stage
 from dltrain.storage import open_storage
 
 _STATE_FILE = "state.json"
@@ -107,6 +109,17 @@ class _RayReport(keras.callbacks.Callback):
             self.run.record_epoch(metrics | {"checkpoint_seconds": time.perf_counter() - started})
 
 
+def _progress_sender(job: dict, run: Run, steps: int) -> ProgressSender:
+    """Rank 0's progress messages to the driver's console queue; sending never waits for the queue."""
+    console = job["console"]
+    return ProgressSender(
+        lambda message: console.put_nowait.remote(message | {"run_id": run.id}),
+        job["trainer"]["epochs"],
+        steps,
+        job["trainer"]["batch_size"],
+    )
+
+
 def _train(job: dict, run: Run, stage: Path, log_file: Path) -> None:
     context = ray.train.get_context()
     rank, workers = context.get_world_rank(), context.get_world_size()
@@ -135,6 +148,8 @@ def _train(job: dict, run: Run, stage: Path, log_file: Path) -> None:
     callbacks = [instantiate(callback) for callback in trainer["callbacks"].values()]
     if rank == 0:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(stage / "tensorboard")))
+    if rank == 0 and job["console"] is not None:
+        callbacks.append(_progress_sender(job, run, steps))
     callbacks.append(_RayReport(run, stage, rank, log_file))
 
     loop = DistributedLoop(model, strategy, global_batch)
@@ -163,20 +178,17 @@ def train_loop_per_worker(job: dict) -> None:
     """What every Ray Train worker runs: train `job`, logging to the run folder's logs/."""
     run = Run(open_storage(job["storage"]), job["run_id"])
     rank = ray.train.get_context().get_world_rank()
-    stage = Path(tempfile.mkdtemp(prefix=f"dltrain-{run.id}-worker{rank}-"))
-    log_file = stage / "logs" / f"worker-{rank}-pid{os.getpid()}.log"
-    outage = False
-    try:
-        with output_to(log_file):
-            _train(job, run, stage, log_file)
-    except StorageUnavailable:
-        outage = True
-        raise
-    finally:
+    with worker_stage(f"{run.id}-worker{rank}") as stage:
+        log_file = stage / "logs" / f"worker-{rank}-pid{os.getpid()}.log"
+        outage = False
         try:
-            _upload_log(run, log_file, outage)
+            with output_to(log_file):
+                _train(job, run, stage, log_file)
+        except StorageUnavailable:
+            outage = True
+            raise
         finally:
-            shutil.rmtree(stage, ignore_errors=True)
+            _upload_log(run, log_file, outage)
 
 
 def _upload_log(run: Run, log_file: Path, after_outage: bool) -> None:
@@ -199,14 +211,19 @@ class _StorageOutageEndsRun(ray.train.UserCallback):
 
 
 def make_trainer(
-    job: dict, run: Run, resources_per_worker: dict, callbacks: list[ray.train.UserCallback]
+    job: dict,
+    run: Run,
+    resources_per_worker: dict,
+    callbacks: list[ray.train.UserCallback],
+    console: ActorHandle | None = None,
 ) -> TensorflowTrainer:
-    """Ray's TensorflowTrainer for `job`, persisting checkpoints into the run folder."""
+    """Ray's TensorflowTrainer for `job`, persisting checkpoints into the run folder; rank 0 sends its progress
+    to the `console` queue actor."""
     resources = job["resources"]
     least, most = worker_range(resources)
     return TensorflowTrainer(
         train_loop_per_worker,
-        train_loop_config={**job, "run_id": run.id},
+        train_loop_config={**job, "run_id": run.id, "console": console},
         scaling_config=ray.train.ScalingConfig(
             num_workers=(least, most) if least < most else most,  # elastic: Ray Train takes what it can place
             use_gpu=resources["use_gpu"],
