@@ -111,6 +111,11 @@ class Console:
         self._thread = threading.Thread(target=self._drain, name="dltrain-console", daemon=True)
 
     @property
+    def shows_progress(self) -> bool:
+        """Whether progress within an epoch shows (a bar or lines)."""
+        return self.mode in ("bar", "lines")
+
+    @property
     def handle(self) -> ActorHandle:
         """The queue's actor: `handle.put_nowait.remote(message)` shows a message."""
         if self._queue is None:

@@ -246,7 +246,8 @@ def _run(job: dict, run: Run, parameters: int) -> dict:
         print(f"dltrain: {parameters:,} parameters; {_worker_count(job['resources'])} worker(s) x {per_worker}")
         with Console(job["trainer"]["progress"]) as console:
             relay = EpochRelay(console.handle, run.id, job["trainer"]["epochs"])
-            summary = execute(job, run, per_worker, [relay], console.handle)
+            progress_to = console.handle if console.shows_progress else None  # else rank 0 sends nothing
+            summary = execute(job, run, per_worker, [relay], progress_to)
     print(
         f"dltrain: run {run.id} COMPLETED: test_accuracy {summary['test_accuracy']:.4f}  "
         f"test_loss {summary['test_loss']:.4f}  {summary['wall_seconds']:.0f}s -> {run.uri}",
@@ -265,7 +266,7 @@ def execute(
     job: dict, run: Run, per_worker: dict, callbacks: list[ray.train.UserCallback], console: ActorHandle | None
 ) -> dict:
     """Train `job` into `run` on the connected Ray, mark it RUNNING then COMPLETED, and return its summary;
-    rank 0 sends its progress to the `console` queue actor."""
+    rank 0 sends its progress to the `console` queue actor, if any."""
     started = time.time()
     run.set_status("RUNNING")
     resources, wait = job["resources"], job["ray"]["wait_for_workers_s"]

@@ -145,6 +145,10 @@ def test_auto_is_a_bar_on_a_terminal_and_lines_elsewhere():
     assert resolve_mode("auto", SimpleNamespace(isatty=lambda: True)) == "bar"
     assert resolve_mode("auto", io.StringIO()) == "lines"
     assert resolve_mode("epochs", SimpleNamespace(isatty=lambda: True)) == "epochs"
+    # Rank 0 sends progress only where it shows.
+    assert [Console(mode, io.StringIO()).shows_progress for mode in ("bar", "lines", "epochs", "none")] == [
+        True, True, False, False,
+    ]  # fmt: skip
 
 
 def test_the_sweep_table_shows_where_each_running_trial_is():

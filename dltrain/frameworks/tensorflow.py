@@ -218,7 +218,7 @@ def make_trainer(
     console: ActorHandle | None = None,
 ) -> TensorflowTrainer:
     """Ray's TensorflowTrainer for `job`, persisting checkpoints into the run folder; rank 0 sends its progress
-    to the `console` queue actor."""
+    to the `console` queue actor, if any."""
     resources = job["resources"]
     least, most = worker_range(resources)
     return TensorflowTrainer(
