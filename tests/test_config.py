@@ -21,7 +21,7 @@ def test_defaults_are_the_reference_recipe():
     job = resolve(compose_config())
     assert job["trainer"] | {"callbacks": None} == {
         "epochs": 30, "batch_size": 128, "learning_rate": 0.001, "lr_schedule": "constant", "optimizer": "adam",
-        "seed": 42, "max_failures": 2, "keep_checkpoints": 2, "callbacks": None,
+        "seed": 42, "max_failures": 2, "keep_checkpoints": 2, "progress": "auto", "callbacks": None,
     }  # fmt: skip
     assert job["model"]["filters"] == [32, 64, 128] and job["model"]["dropout"] == 0.4
     assert job["model"]["padding"] == "valid" and job["model"]["batch_norm"] is False
