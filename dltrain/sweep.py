@@ -149,12 +149,17 @@ def _trial(params: dict, job: dict, sweep_id: str, per_worker: dict, console: Ac
     tune.report(run.metrics()[-1] | run.test_metrics())
 
 
+# sweep id -> the console its trials send their progress to, while the sweep runs. Tune pickles its callbacks with
+# its state (and a resumed sweep gets them back from there): the trial table finds the console by the sweep's id.
+_CONSOLES: dict[str, Console] = {}
+
+
 class _Progress(tune.Callback):
     """The console: a compact table of the trials every _TABLE_SECONDS while something changed or a trial runs,
-    with each running trial's progress in its epoch from the sweep's `console`."""
+    with each running trial's progress in its epoch."""
 
-    def __init__(self, sweep_id: str, sweep: dict, epochs: int, console: Console):
-        self.sweep_id, self.metric, self.epochs, self.console = sweep_id, sweep["metric"], epochs, console
+    def __init__(self, sweep_id: str, sweep: dict, epochs: int):
+        self.sweep_id, self.metric, self.epochs = sweep_id, sweep["metric"], epochs
         self.paths = list(search_space.flatten(sweep["space"]))
         self._printed_at = 0.0
         self._changed = False
@@ -179,7 +184,8 @@ class _Progress(tune.Callback):
 
     def _progress(self, trial: Any) -> str:
         """ "epoch 3 45%": where a running trial is in the epoch it trains now."""
-        progress = self.console.latest.get(trial_run_id(self.sweep_id, trial.trial_id))
+        console = _CONSOLES.get(self.sweep_id)
+        progress = console and console.latest.get(trial_run_id(self.sweep_id, trial.trial_id))
         return f"epoch {progress['epoch']} {100 * progress['step'] // progress['steps']}%" if progress else ""
 
     def table(self, trials: list) -> str:
@@ -234,7 +240,11 @@ def run_sweep(job: dict, sweep: Run, resuming: bool) -> dict:
     with launch.recorded(sweep):
         try:
             with cluster.ray_connection(job["ray"]["address"], dashboard=True), Console("none") as console:
-                results = _tune(job, sweep, trials, at_once, resuming, console)
+                _CONSOLES[sweep.id] = console
+                try:
+                    results = _tune(job, sweep, trials, at_once, resuming, console)
+                finally:
+                    del _CONSOLES[sweep.id]
         except KeyboardInterrupt:
             _close_unfinished(sweep, settings, interrupted=True)
             raise
@@ -285,7 +295,7 @@ def _tune(job: dict, sweep: Run, trials: int, at_once: int, resuming: bool, cons
                 name=_TUNE_FOLDER,
                 storage_path=sweep.storage.join(sweep.id),
                 storage_filesystem=sweep.storage.filesystem,
-                callbacks=[_Progress(sweep.id, settings, job["trainer"]["epochs"], console)],
+                callbacks=[_Progress(sweep.id, settings, job["trainer"]["epochs"])],
                 verbose=0,
             ),
         )

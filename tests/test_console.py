@@ -11,10 +11,10 @@ from types import SimpleNamespace
 
 import pytest
 
+from dltrain import sweep
 from dltrain.console import Console, progress_line, resolve_mode
 from dltrain.progress import ProgressSender
 from dltrain.stage import remove_left_behind, stage
-from dltrain.sweep import _Progress
 
 PROGRESS_LINE = re.compile(
     r"^epoch \d+/\d+  step \d+/\d+  \d+%  loss \d+\.\d{4}  accuracy \d\.\d{4}  [\d,]+ samples/s  ETA \d+(s|m\d\ds)$"
@@ -151,10 +151,11 @@ def test_auto_is_a_bar_on_a_terminal_and_lines_elsewhere():
     ]  # fmt: skip
 
 
-def test_the_sweep_table_shows_where_each_running_trial_is():
+def test_the_sweep_table_shows_where_each_running_trial_is(monkeypatch):
     console = Console("none", io.StringIO(), Clock())
     console.show(_progress(3, 45, run_id="s1-t1"))
-    table = _Progress("s1", {"metric": "val_accuracy", "space": {"trainer": {"learning_rate": "x"}}}, 3, console)
+    monkeypatch.setitem(sweep._CONSOLES, "s1", console)  # as run_sweep does while sweep s1 runs
+    table = sweep._Progress("s1", {"metric": "val_accuracy", "space": {"trainer": {"learning_rate": "x"}}}, 3)
     trials = [
         SimpleNamespace(trial_id="t1", status="RUNNING", last_result={"epoch": 2, "val_accuracy": 0.8}, config={}),
         SimpleNamespace(trial_id="t2", status="PENDING", last_result={}, config={}),
