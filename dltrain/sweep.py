@@ -25,7 +25,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule, TrialScheduler
 from ray.tune.search import BasicVariantGenerator
 
-from dltrain import cluster, launch, search_space
+from dltrain import cluster, lifecycle, search_space
 from dltrain.console import Console
 from dltrain.errors import DltrainError
 from dltrain.frameworks import tensorflow as framework
@@ -144,8 +144,8 @@ def _trial(params: dict, job: dict, sweep_id: str, per_worker: dict, console: Ac
     if run.status()["status"] != "COMPLETED":
         if resuming:
             run.mark_resumed()
-        with launch.recorded(run):
-            launch.execute(trial_job, run, per_worker, [TuneReportCallback()], console)
+        with lifecycle.recorded(run):
+            lifecycle.execute(trial_job, run, per_worker, [TuneReportCallback()], console)
     tune.report(run.metrics()[-1] | run.test_metrics())
 
 
@@ -225,7 +225,7 @@ def check_trial_models(job: dict, driver_log) -> None:
         if path.startswith("model."):
             for value in dimension.candidates():
                 try:
-                    launch.check_model(search_space.assign(job, {path: value}), driver_log)
+                    lifecycle.check_model(search_space.assign(job, {path: value}), driver_log)
                 except DltrainError as error:
                     raise DltrainError(f"sweep.space.{path}: a trial would get {path}={value!r}: {error}") from None
 
@@ -237,7 +237,7 @@ def run_sweep(job: dict, sweep: Run, resuming: bool) -> dict:
     at_once = min(settings["max_concurrent_trials"], trials)
     started = time.time()
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # Tune's legacy console output, which verbose=0 silences: _Progress reports
-    with launch.recorded(sweep):
+    with lifecycle.recorded(sweep):
         try:
             with cluster.ray_connection(job["ray"]["address"], dashboard=True), Console("none") as console:
                 _CONSOLES[sweep.id] = console
@@ -300,7 +300,7 @@ def _tune(job: dict, sweep: Run, trials: int, at_once: int, resuming: bool, cons
             ),
         )
     with sweep.heartbeat():
-        return launch.fit(tuner)
+        return lifecycle.fit(tuner)
 
 
 def _trial_runs(sweep: Run) -> list[Run]:

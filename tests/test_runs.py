@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from dltrain.errors import DltrainError
-from dltrain.launch import completed_config, recorded
+from dltrain.launch import completed_config
+from dltrain.lifecycle import recorded
 from dltrain.runs import RunStore, new_run_id, redact
 from dltrain.storage import open_storage
 

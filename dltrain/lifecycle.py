@@ -1,0 +1,169 @@
+"""The lifecycle of one run on the connected Ray: the checks before it starts, RUNNING while Ray Train fits it,
+then COMPLETED, or FAILED or STOPPED with its error in one line. Runs and sweeps' trials alike go through it."""
+
+import contextlib
+import logging
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import ray.train
+from ray.actor import ActorHandle
+
+from dltrain import cluster
+from dltrain.config import worker_range
+from dltrain.data import DATASETS
+from dltrain.data import prepare as prepare_data
+from dltrain.data.idx import IdxError
+from dltrain.errors import DltrainError
+from dltrain.frameworks import tensorflow as framework
+from dltrain.logs import output_to
+from dltrain.retrying_fs import unavailable_in
+from dltrain.runs import FINAL_STATUS_WINDOWS, Run, StatusPending
+
+log = logging.getLogger("dltrain")
+
+
+def check_data(job: dict) -> None:
+    """Locate (and download if needed) and verify the data set before any worker starts."""
+    try:
+        prepare_data(job["dataset"], job["storage"])
+    except (OSError, IdxError, ValueError) as error:
+        raise DltrainError(f"dataset: {error}") from error
+
+
+def check_model(job: dict, driver_log: Path | None) -> int:
+    """Build the model once so that a bad hyperparameter fails now; returns its parameter count."""
+    data = DATASETS[job["dataset"]["name"]]
+    # TensorFlow's device probing writes native lines to stderr: they belong in the driver log.
+    with output_to(driver_log, fds=(2,)) if driver_log else contextlib.nullcontext():
+        try:
+            model = framework.build_model(job["model"], data.INPUT_SHAPE, len(data.CLASS_NAMES))
+        except (TypeError, ValueError) as error:
+            raise DltrainError(f"model: {error}") from error
+    return model.count_params()
+
+
+def fit(fittable: Any) -> Any:
+    """Run `fittable.fit()` (a Ray trainer or a Tune tuner) in a thread, so that Ctrl-C reaches the driver as
+    KeyboardInterrupt; returns what it returns.
+
+    (In the main thread, Ray Train installs its own SIGINT handler, which ends the process with SystemExit.)
+    Leaving `ray_connection` then stops the workers: the embedded Ray shuts down, and a cluster's Ray Train
+    controller dies with the driver that owns it.
+    """
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["result"] = fittable.fit()
+        except BaseException as error:  # handed to the main thread
+            outcome["error"] = error
+
+    thread = threading.Thread(target=run, name="dltrain-fit", daemon=True)
+    thread.start()
+    with _terminate_as_interrupt():
+        while thread.is_alive():
+            thread.join(timeout=0.5)
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """In this block SIGTERM (what `ray job stop`, Kubernetes and systemd send) is a Ctrl-C: the run is STOPPED.
+
+    (ray.init's own handler would exit the process at once, leaving the run RUNNING.)
+    """
+    if threading.current_thread() is not threading.main_thread():  # a sweep's trial: Tune stops it
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _describe(error: Exception) -> str:
+    """One line for a failed fit(): the storage outage that ended it, else the first failing worker's own error
+    where Ray wraps it, and the error line, not the header, of a traceback Ray passes on as text (Tune does, for a
+    failure in its own handlers)."""
+    if unavailable := unavailable_in(error):
+        return str(unavailable)
+    if isinstance(failure := getattr(error, "controller_failure", None), cluster.WorkersUnavailable):
+        return str(failure)
+    if isinstance(error, ray.train.WorkerGroupError) and error.worker_failures:
+        rank, failure = min(error.worker_failures.items())
+        lines = [line.strip() for line in str(failure).splitlines() if line.strip()]
+        return f"worker {rank}: {lines[-1] if lines else type(failure).__name__}"
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    return lines[-1] if lines[0].startswith("Traceback") else lines[0]
+
+
+@contextlib.contextmanager
+def recorded(run: Run) -> Iterator[None]:
+    """Mark `run` STOPPED on Ctrl-C and FAILED on any error in this block, which then ends in one line."""
+    try:
+        yield
+    except KeyboardInterrupt as interrupt:
+        _final_status(run, "STOPPED", f"stopped by {interrupt}" if str(interrupt) else "interrupted by the user")
+        print(f"dltrain: run {run.id} STOPPED; its checkpoints are in {run.uri}", flush=True)
+        raise
+    except StatusPending:
+        raise
+    except DltrainError as error:
+        _final_status(run, "FAILED", str(error))
+        raise
+    except Exception as error:
+        # The whole traceback, at INFO: for the driver log, while the console gets the one line below.
+        log.info("run %s failed", run.id, exc_info=True)
+        message = _describe(error)
+        if unavailable_in(error):  # the status write waits for the storage too: say why before it does
+            print(f"dltrain: run {run.id} FAILED: {message}; storing its status waits for the storage "
+                  f"({FINAL_STATUS_WINDOWS} retry windows at most)", file=sys.stderr, flush=True)  # fmt: skip
+        _final_status(run, "FAILED", message)
+        raise DltrainError(f"run {run.id} FAILED: {message} (logs: {run.uri}/logs)") from error
+
+
+def _final_status(run: Run, status: str, error: str) -> None:
+    """Record how `run` ended; where the storage does not answer, say in one line where the status is kept."""
+    try:
+        run.set_status(status, error)
+    except StatusPending as pending:
+        print(f"dltrain: warning: {pending}", file=sys.stderr, flush=True)
+
+
+def execute(
+    job: dict, run: Run, per_worker: dict, callbacks: list[ray.train.UserCallback], console: ActorHandle | None
+) -> dict:
+    """Train `job` into `run` on the connected Ray, mark it RUNNING then COMPLETED, and return its summary;
+    rank 0 sends its progress to the `console` queue actor, if any."""
+    started = time.time()
+    run.set_status("RUNNING")
+    resources, wait = job["resources"], job["ray"]["wait_for_workers_s"]
+    waiting = cluster.WaitForWorkers(wait, run.id, worker_range(resources)[0], per_worker)
+    with run.heartbeat(), cluster.controller_settings(wait):
+        fit(framework.make_trainer(job, run, per_worker, [*callbacks, waiting], console))
+    summary = {
+        "run_id": run.id,
+        "status": "COMPLETED",
+        **run.test_metrics(),
+        "epochs": len(run.metrics()),
+        "num_workers": job["resources"]["num_workers"],
+        "wall_seconds": round(time.time() - started, 1),
+    }
+    run.write_summary(summary)
+    run.set_status("COMPLETED")
+    return summary
