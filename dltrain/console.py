@@ -21,6 +21,7 @@ from ray.util.queue import Empty, Queue
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from tqdm import tqdm
 
+from dltrain.formatting import duration
 from dltrain.progress import QUARTERS
 
 LINE_EVERY_S = 10  # lines mode: a progress line at least this often, and at each quarter of the epoch
@@ -40,21 +41,11 @@ def epoch_line(metrics: dict, epochs: int) -> str:
     return "  ".join(parts)
 
 
-def _duration(seconds: float) -> str:
-    """8s, 1m05s, 2h03m."""
-    seconds = round(seconds)
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-
-
 def _figures(progress: dict) -> str:
     """`loss 0.4132  accuracy 0.8520  2,650 samples/s  ETA 8s`: the running figures of rank 0's shard."""
     return (
         f"loss {progress['loss']:.4f}  accuracy {progress['accuracy']:.4f}  "
-        f"{progress['samples_per_second']:,.0f} samples/s  ETA {_duration(progress['eta_seconds'])}"
+        f"{progress['samples_per_second']:,.0f} samples/s  ETA {duration(progress['eta_seconds'])}"
     )
 
 

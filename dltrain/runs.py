@@ -42,6 +42,9 @@ TEST_METRICS_FILE = "test_metrics.json"  # in model/, beside the final model: it
 # whose heartbeat is minutes old for one whose driver died. Each refresh gives up after this long in an outage:
 # the next one tries again.
 HEARTBEAT_SECONDS = 15
+# A RUNNING run whose heartbeat is older than this is shown as LOST: its driver died without saying so.
+LOST_AFTER_SECONDS = 120
+_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")  # a run id, a sweep's or a trial's: no path, no glob
 # A final status (COMPLETED, FAILED, STOPPED) is retried for this many of the storage's retry windows before it
 # is kept on this machine instead (pending_dir()), to be written by the next command that opens the storage.
 FINAL_STATUS_WINDOWS = 2
@@ -71,6 +74,22 @@ def redact(config: Any) -> Any:
     if isinstance(config, list):
         return [redact(value) for value in config]
     return config
+
+
+def check_run_id(run_id: str) -> str:
+    """`run_id` if it can be a run id (letters, digits, - and _); ValueError otherwise (a path, a glob, ..)."""
+    if not _RUN_ID.fullmatch(run_id):
+        raise ValueError(f"{run_id!r} is not a run id (e.g. 20261201-151911-332926): letters, digits, - and _ only")
+    return run_id
+
+
+def observed_status(record: dict, now: datetime | None = None) -> str:
+    """A status.json's status as a reader should take it: LOST for a RUNNING run whose driver stopped beating."""
+    heartbeat = record.get("heartbeat") or record.get("updated")
+    if record.get("status") != "RUNNING" or heartbeat is None:
+        return record.get("status", "PENDING")
+    age = (now or datetime.now(timezone.utc)) - datetime.fromisoformat(heartbeat)
+    return "LOST" if age.total_seconds() > LOST_AFTER_SECONDS else "RUNNING"
 
 
 def _now() -> str:
@@ -200,7 +219,9 @@ class Run:
         path = f"{self.path}/metrics.parquet"
         if not self.storage.exists(path):
             return []
-        return pq.read_table(io.BytesIO(self.storage.read_bytes(path))).to_pylist()
+        # Unthreaded: a threaded read of an in-memory file leaves work behind that can abort the process at exit
+        # ("terminate called without an active exception", apache/arrow#33975); the file is a few KB.
+        return pq.read_table(pa.BufferReader(self.storage.read_bytes(path)), use_threads=False).to_pylist()
 
     def test_metrics(self) -> dict[str, float]:
         """The final model's test metrics, stored beside it by the worker that saved it."""
@@ -247,8 +268,8 @@ class RunStore:
             log.info("run %s: stored its %s status kept in %s", run.id, fields["status"], kept)
 
     def get(self, run_id: str) -> Run:
-        """An existing run; ValueError if there is none by that id."""
-        run = Run(self.storage, run_id)
+        """An existing run; ValueError if there is none by that id, or it is not a run id."""
+        run = Run(self.storage, check_run_id(run_id))
         if not self.storage.exists(f"{run.path}/status.json"):
             raise ValueError(f"no run {run_id!r} in {self.storage.uri}")
         return run

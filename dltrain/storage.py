@@ -79,6 +79,15 @@ class Storage:
         # uploads its parts in parallel (S3FileSystem's background_writes).
         pafs.copy_files(str(local_folder), path, destination_filesystem=self.filesystem, use_threads=False)
 
+    def list_files(self, path: str) -> dict[str, int]:
+        """Every file below `path`, by its path relative to it, with its size in bytes."""
+        selector = pafs.FileSelector(path, recursive=True, allow_not_found=True)
+        return {
+            info.path.removeprefix(path.rstrip("/") + "/"): info.size
+            for info in self.filesystem.get_file_info(selector)
+            if info.type == pafs.FileType.File
+        }
+
     def list_folders(self, path: str) -> list[str]:
         """Names of the folders directly below `path`."""
         selector = pafs.FileSelector(path, allow_not_found=True)

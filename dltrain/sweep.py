@@ -25,7 +25,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule, TrialScheduler
 from ray.tune.search import BasicVariantGenerator
 
-from dltrain import cluster, lifecycle, search_space
+from dltrain import cluster, formatting, lifecycle, search_space
 from dltrain.console import Console
 from dltrain.errors import DltrainError
 from dltrain.frameworks import tensorflow as framework
@@ -205,12 +205,7 @@ class _Progress(tune.Callback):
             ]
             for trial, status in zip(trials, statuses, strict=True)
         ]
-        widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-        lines += [
-            "  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
-            for row in [header, *rows]
-        ]
-        return "\n".join(lines)
+        return "\n".join([*lines, *formatting.table(header, rows, indent="  ")])
 
 
 def _format(value: Any) -> str:

@@ -1,0 +1,31 @@
+"""What every command that reads a run store takes: `--storage URI` (`--endpoint-url`, `--region` for S3)."""
+
+import argparse
+import os
+
+from dltrain.errors import DltrainError
+from dltrain.runs import RunStore
+from dltrain.storage import check_storage, open_storage
+
+
+def add_storage_options(parser: argparse.ArgumentParser) -> None:
+    """--storage, --endpoint-url and --region, with training's defaults."""
+    group = parser.add_argument_group("storage")
+    group.add_argument(
+        "--storage",
+        metavar="URI",
+        default=os.environ.get("DLTRAIN_STORAGE"),
+        help="a folder or s3://bucket/prefix (default: $DLTRAIN_STORAGE, else ~/dltrain_results, as for training)",
+    )
+    group.add_argument("--endpoint-url", metavar="URL", help="an S3-compatible server's http(s)://host:port")
+    group.add_argument("--region", help="the S3 region (default: $AWS_REGION, else us-east-1)")
+
+
+def run_store(args: argparse.Namespace) -> RunStore:
+    """The run store the storage options name; DltrainError in one line if it cannot be opened."""
+    config = {"uri": args.storage, "endpoint_url": args.endpoint_url, "region": args.region}
+    try:
+        check_storage(config)
+        return RunStore(open_storage(config))
+    except (OSError, ValueError) as error:
+        raise DltrainError(f"storage: {error}") from error

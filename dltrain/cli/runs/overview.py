@@ -1,0 +1,71 @@
+"""One run's overview, for listings and `runs show`: what it trains, how it stands, how far it got."""
+
+import math
+from datetime import datetime, timezone
+from typing import Any
+
+from dltrain.runs import Run, observed_status
+
+
+def _model_name(config: dict) -> str:
+    """`cnn` for dltrain.models.cnn.build_cnn: the builder's name without build_."""
+    return config.get("model", {}).get("_target_", "?").rsplit(".", 1)[-1].removeprefix("build_")
+
+
+def _workers(resources: dict) -> str:
+    least, most = resources.get("min_workers"), resources.get("num_workers", "?")
+    return f"{least}-{most}" if least not in (None, most) else str(most)
+
+
+def _seconds_between(start: str | None, end: str | None) -> float | None:
+    if start is None:
+        return None
+    ended = datetime.fromisoformat(end) if end else datetime.now(timezone.utc)
+    return (ended - datetime.fromisoformat(start)).total_seconds()
+
+
+def _best(values: list[Any]) -> float | None:
+    numbers = [value for value in values if isinstance(value, float) and not math.isnan(value)]
+    return max(numbers) if numbers else None
+
+
+def overview(run: Run) -> dict[str, Any]:
+    """id, kind, model, dataset, status (LOST for a silent RUNNING one), workers, epochs_done, epochs,
+    best_val_accuracy, test_accuracy, started, ended, duration_seconds, error and uri."""
+    status = run.status()
+    exists = run.storage.exists
+    config = run.config() if exists(f"{run.path}/config.yaml") else {}
+    summary = run.summary() if exists(f"{run.path}/summary.json") else {}
+    sweep = config.get("sweep") is not None
+    history = [] if sweep else run.metrics()
+    started = status.get("started")
+    best = _best([row.get("val_accuracy") for row in history])
+    if sweep and summary.get("metric") == "val_accuracy" and summary.get("best"):
+        best = summary["best"]["val_accuracy"]
+    return {
+        "id": run.id,
+        "kind": "sweep" if sweep else "run",
+        "model": _model_name(config),
+        "dataset": config.get("dataset", {}).get("name", "?"),
+        "status": observed_status(status),
+        "workers": _workers(config.get("resources", {})),
+        "epochs_done": None if sweep else len(history),
+        "epochs": config.get("trainer", {}).get("epochs"),
+        "best_val_accuracy": best,
+        "test_accuracy": summary.get("test_accuracy", summary.get("best", {}).get("test_accuracy") if sweep else None),
+        "started": started,
+        "ended": status.get("ended"),
+        "duration_seconds": _seconds_between(started, status.get("ended")),
+        "error": status.get("error"),
+        "uri": run.uri,
+    }
+
+
+def moment(iso: str | None) -> str:
+    """`2026-12-01 15:31` (UTC); `-` when unknown."""
+    return datetime.fromisoformat(iso).strftime("%Y-%m-%d %H:%M") if iso else "-"
+
+
+def number(value: float | None) -> str:
+    """`0.9120`; `-` when unknown."""
+    return "-" if value is None else f"{value:.4f}"

@@ -1,0 +1,99 @@
+"""`dltrain runs show ID [--json]`: one run's status, times and error, the config keys that differ from the
+defaults, its per-epoch table, its summary and its files."""
+
+import argparse
+import json
+from typing import Any
+
+from dltrain import formatting
+from dltrain.cli.options import add_storage_options, run_store
+from dltrain.cli.runs.overview import moment, overview
+from dltrain.errors import DltrainError
+from dltrain.search_space import flatten
+
+EPOCH_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds", "samples_per_second")
+
+
+def register(subcommands: argparse._SubParsersAction) -> None:
+    """Add `runs show`."""
+    command = subcommands.add_parser("show", help="one run in full", description=__doc__)
+    command.add_argument("run_id", metavar="ID", help="a run id, as `dltrain runs list` shows it")
+    command.add_argument("--json", action="store_true", help="everything as one JSON object")
+    add_storage_options(command)
+    command.set_defaults(handler=run)
+
+
+def _defaults() -> dict[str, Any]:
+    """The flattened config `python -m dltrain` runs with no overrides."""
+    from hydra import compose, initialize_config_dir
+
+    from dltrain import config
+    from dltrain.__main__ import CONFIG_DIR
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return flatten(config.resolve(compose(config_name="config")))
+
+
+def config_changes(saved: dict) -> dict[str, dict[str, Any]]:
+    """The keys of a saved config whose value is not the default's: {key: {"value": ..., "default": ...}}."""
+    defaults = _defaults()
+    return {
+        key: {"value": value, "default": defaults.get(key)}
+        for key, value in flatten(saved).items()
+        if key not in defaults or defaults[key] != value
+    }
+
+
+def details(args: argparse.Namespace) -> dict[str, Any]:
+    """Everything `runs show` prints."""
+    try:
+        selected = run_store(args).get(args.run_id)
+    except ValueError as error:
+        raise DltrainError(str(error)) from None
+    summary_path = f"{selected.path}/summary.json"
+    return {
+        "overview": overview(selected),
+        "status": selected.status(),
+        "config_changes": config_changes(selected.config()),
+        "epochs": selected.metrics(),
+        "summary": selected.summary() if selected.storage.exists(summary_path) else None,
+        "files": selected.storage.list_files(selected.path),
+    }
+
+
+def _cell(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def run(args: argparse.Namespace) -> None:
+    """Print the run's details as text, or as JSON."""
+    found = details(args)
+    if args.json:
+        print(json.dumps(found, indent=2, default=str))
+        return
+    item, status = found["overview"], found["status"]
+    lines = [
+        f"{item['kind']} {item['id']}  {item['status']}  -> {item['uri']}",
+        f"  model {item['model']}  dataset {item['dataset']}  workers {item['workers']}",
+        f"  created {moment(status.get('created'))}  started {moment(item['started'])}  "
+        f"ended {moment(item['ended'])}  duration {formatting.duration(item['duration_seconds'])}",
+    ]
+    if item["error"]:
+        lines.append(f"  error: {item['error']}")
+    changes = found["config_changes"]
+    if changes:
+        lines.append("config, where it differs from the defaults:")
+        rows = [[key, _cell(change["value"]), _cell(change["default"])] for key, change in changes.items()]
+        lines += formatting.table(["key", "value", "default"], rows, indent="  ")
+    else:
+        lines.append("config: the defaults")
+    if found["epochs"]:
+        columns = [column for column in EPOCH_COLUMNS if column in found["epochs"][0]]
+        lines.append("epochs:")
+        lines += formatting.table(columns, [[_cell(row[c]) for c in columns] for row in found["epochs"]], "  ")
+    if found["summary"]:
+        lines.append("summary: " + "  ".join(f"{key} {_cell(value)}" for key, value in found["summary"].items()
+                                            if not isinstance(value, dict)))  # fmt: skip
+    lines.append(f"files ({len(found['files'])}):")
+    lines += [f"  {path}  {size:,} B" for path, size in sorted(found["files"].items())]
+    print("\n".join(lines))
