@@ -1,4 +1,9 @@
-"""How dltrain writes durations and tables for people, on the console and in the `dltrain` command."""
+"""How dltrain writes durations and tables for people, on the console and in the `dltrain` command, and JSON for
+programs."""
+
+import json
+import math
+from typing import Any
 
 
 def duration(seconds: float | None) -> str:
@@ -20,3 +25,18 @@ def table(header: list[str], rows: list[list[str]], indent: str = "") -> list[st
         (indent + "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))).rstrip()
         for row in [header, *rows]
     ]
+
+
+def _strict(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # not measured (a NaN checkpoint_seconds): JSON has no NaN
+    if isinstance(value, dict):
+        return {key: _strict(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_strict(item) for item in value]
+    return value
+
+
+def to_json(value: Any) -> str:
+    """Strict JSON (NaN and infinities become null), indented."""
+    return json.dumps(_strict(value), indent=2, allow_nan=False, default=str)

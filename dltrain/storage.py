@@ -61,10 +61,14 @@ class Storage:
             stream.write(data)
         self.filesystem.move(partial, path)
 
-    def read_bytes(self, path: str) -> bytes:
-        """A whole file's content."""
-        with self.filesystem.open_input_stream(path) as stream:
-            return stream.read()
+    def read_bytes(self, path: str, offset: int = 0) -> bytes:
+        """A file's content from byte `offset` on (the whole file by default)."""
+        if offset == 0:
+            with self.filesystem.open_input_stream(path) as stream:
+                return stream.read()
+        with self.filesystem.open_input_file(path) as file:
+            file.seek(offset)
+            return file.read()
 
     def exists(self, path: str) -> bool:
         """Whether a file or folder exists at `path`."""

@@ -1,5 +1,5 @@
 """What the console's progress costs, and whether its lines come on time: `python -m dltrain` (one worker, the
-reference recipe) with its output piped, `trainer.progress=lines` and `=epochs` alternately.
+reference recipe) with its output piped, `trainer.progress=lines` and `=epochs` alternately (ABBA order).
 
 For each run: the steady epoch's wall seconds (scripts/timeline.py), the progress lines printed inside each
 epoch, how long after each epoch's end (the Timeline's epoch_end, before the checkpoint) its epoch line reached
@@ -76,13 +76,13 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=bench.DEFAULT_DATA, help="the Fashion-MNIST folder")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--limit", type=int, default=0, help="training images (0: all 60,000)")
-    parser.add_argument("--repetitions", type=int, default=2, help="pairs of runs, lines then epochs")
+    parser.add_argument("--repetitions", type=int, default=2, help="pairs of runs, in alternating order")
     parser.add_argument("--output", type=Path, help="also write the JSON line here")
     args = parser.parse_args()
     runs: dict[str, list[dict]] = {"lines": [], "epochs": []}
     with tempfile.TemporaryDirectory(prefix="bench-progress-") as scratch:
         for repetition in range(args.repetitions):
-            for mode in runs:
+            for mode in list(runs)[:: 1 if repetition % 2 == 0 else -1]:  # lines, epochs, epochs, lines, ...
                 run = _run(args, mode, Path(scratch) / f"{mode}-{repetition}")
                 runs[mode].append(run)
                 print(f"{mode}: steady epoch {run['steady_epoch_seconds']:.2f}s, progress lines "

@@ -1,14 +1,18 @@
-"""`dltrain runs list|show` as a user runs them, over a real run's folder on local storage and on S3."""
+"""`dltrain runs ...` as a user runs it, over a real run's folder on local storage and on S3."""
 
+import csv
+import io
 import json
 import os
 import shutil
 import subprocess
 import sys
+import threading
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pyarrow.fs
+import pyarrow.parquet as pq
 import pytest
 from s3server import create_bucket
 
@@ -25,8 +29,7 @@ def _dltrain(*args: str, env: dict | None = None) -> subprocess.CompletedProcess
 
 @pytest.fixture(scope="module")
 def storage(real_data, tmp_path_factory) -> Path:
-    """A storage holding one real 2-epoch run, a copy of it whose driver died (RUNNING, heartbeat 5 min old),
-    and a FAILED one (a bad data path)."""
+    """A storage holding one real 2-epoch run and a copy of it whose driver died (RUNNING, heartbeat 5 min old)."""
     folder = tmp_path_factory.mktemp("runs")
     trained = _dltrain(
         "train", "trainer.epochs=2", "dataset.limit=1280", "trainer.batch_size=64", f"dataset.path={real_data}",
@@ -34,14 +37,20 @@ def storage(real_data, tmp_path_factory) -> Path:
     )  # fmt: skip
     assert trained.returncode == 0, trained.stderr[-3000:]
     (completed,) = [path for path in folder.iterdir() if path.is_dir()]
-    lost = folder / f"{completed.name[:-6]}ffffff"  # same start time, sorts after it
-    shutil.copytree(completed, lost)
-    status = json.loads((lost / "status.json").read_text())
-    stale = (datetime.now(timezone.utc) - timedelta(minutes=5)).isoformat(timespec="seconds")
-    status |= {"run_id": lost.name, "status": "RUNNING", "heartbeat": stale, "ended": None}
-    (lost / "status.json").write_text(json.dumps(status))
+    lost = _copy_run(completed, folder, f"{completed.name[:-6]}ffffff", "RUNNING", 300)  # sorts after it
     (lost / "summary.json").unlink()
     return folder
+
+
+def _copy_run(source: Path, storage: Path, run_id: str, status: str, heartbeat_age_s: float = 0) -> Path:
+    """A copy of a real run's folder under another id and status (RUNNING: with a heartbeat that old)."""
+    copy = storage / run_id
+    shutil.copytree(source, copy)
+    record = json.loads((copy / "status.json").read_text())
+    beat = (datetime.now(timezone.utc) - timedelta(seconds=heartbeat_age_s)).isoformat(timespec="seconds")
+    record |= {"run_id": run_id, "status": status, "heartbeat": beat}
+    (copy / "status.json").write_text(json.dumps(record))
+    return copy
 
 
 def _ids(storage: Path) -> tuple[str, str]:
@@ -133,7 +142,7 @@ def test_every_command_has_help():
 
 
 @pytest.mark.slow
-def test_runs_list_and_show_read_s3(storage, s3_session_server):
+def test_runs_list_show_download_and_delete_on_s3(storage, s3_session_server, tmp_path):
     server = s3_session_server
     bucket = create_bucket(server)
     pyarrow.fs.copy_files(str(storage), f"{bucket}/team/runs", destination_filesystem=server.arrow_fs())
@@ -147,3 +156,99 @@ def test_runs_list_and_show_read_s3(storage, s3_session_server):
     assert shown["files"]["model/model.keras"] == (storage / completed / "model" / "model.keras").stat().st_size
     missing = _dltrain("runs", "list", "--storage", "s3://no-such-bucket-here/x", *options[2:], env=env)
     assert missing.returncode == 2 and "no-such-bucket-here" in missing.stderr
+    model = tmp_path / "model"
+    assert _dltrain("runs", "download", completed, str(model), "--model-only", *options, env=env).returncode == 0
+    assert (model / "model.keras").read_bytes() == (storage / completed / "model" / "model.keras").read_bytes()
+    deleted = _dltrain("runs", "delete", lost, "--yes", *options, env=env)
+    assert deleted.returncode == 0, deleted.stderr
+    keys = [item["Key"] for item in server.client().list_objects_v2(Bucket=bucket)["Contents"]]
+    assert not any(f"/{lost}/" in key for key in keys) and any(f"/{completed}/" in key for key in keys)
+
+
+@pytest.mark.slow
+def test_runs_logs_prints_the_driver_or_a_workers_log(storage):
+    completed, _ = _ids(storage)
+    logs = storage / completed / "logs"
+    driver = _dltrain("runs", "logs", completed, "--storage", str(storage))
+    assert driver.returncode == 0 and driver.stdout == (logs / "driver.log").read_text()
+    (worker_log,) = logs.glob("worker-0-pid*.log")
+    worker = _dltrain("runs", "logs", completed, "--worker", "0", "--storage", str(storage))
+    assert worker.returncode == 0 and worker.stdout == worker_log.read_text()
+    missing = _dltrain("runs", "logs", completed, "--worker", "3", "--storage", str(storage))
+    assert missing.returncode == 2 and f"run {completed} has no worker 3 log in " in missing.stderr
+
+
+@pytest.mark.slow
+def test_runs_logs_follow_prints_what_is_added_until_the_run_ends(storage, tmp_path):
+    completed, _ = _ids(storage)
+    running = _copy_run(storage / completed, tmp_path, "20261201-000000-aaaaaa", "RUNNING")
+    (log,) = (running / "logs").glob("worker-0-pid*.log")
+    last_line = log.read_text().splitlines()[-1]
+    process = subprocess.Popen(
+        [DLTRAIN, "runs", "logs", running.name, "--worker", "0", "--follow", "--storage", str(tmp_path)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    watchdog = threading.Timer(120, process.kill)  # a hang fails the test instead of stalling the suite
+    watchdog.start()
+    try:
+        assert f"{last_line}\n" in iter(process.stdout.readline, "")  # the log so far
+        with log.open("a") as appending:
+            appending.write("epoch 3 of a worker that goes on\n")  # as the worker's next upload would
+        assert "epoch 3 of a worker that goes on\n" in iter(process.stdout.readline, "")
+        record = json.loads((running / "status.json").read_text()) | {"status": "COMPLETED"}
+        (running / "status.json").write_text(json.dumps(record))
+        assert process.wait() == 0  # the run ended: so does --follow
+    finally:
+        watchdog.cancel()
+        process.kill()
+
+
+@pytest.mark.slow
+def test_runs_metrics_as_a_table_and_as_csv(storage):
+    completed, _ = _ids(storage)
+    history = pq.read_table(storage / completed / "metrics.parquet").to_pylist()
+    table = _dltrain("runs", "metrics", completed, "--storage", str(storage)).stdout.splitlines()
+    assert table[0].split() == list(history[0]) and [line.split()[0] for line in table[1:]] == ["1", "2"]
+    rows = list(
+        csv.DictReader(io.StringIO(_dltrain("runs", "metrics", completed, "--csv", "--storage", str(storage)).stdout))
+    )
+    assert [float(row["val_accuracy"]) for row in rows] == [row["val_accuracy"] for row in history]  # full precision
+
+
+@pytest.mark.slow
+def test_runs_download_copies_the_folder_or_the_model_whole(storage, tmp_path):
+    completed, _ = _ids(storage)
+    whole = _dltrain("runs", "download", completed, str(tmp_path / "whole"), "--storage", str(storage))
+    assert whole.returncode == 0, whole.stderr
+    assert sorted(p.relative_to(tmp_path / "whole") for p in (tmp_path / "whole").rglob("*") if p.is_file()) == sorted(
+        p.relative_to(storage / completed) for p in (storage / completed).rglob("*") if p.is_file()
+    )
+    model = _dltrain("runs", "download", completed, str(tmp_path / "model"), "--model-only", "--storage", str(storage))
+    assert model.returncode == 0 and sorted(p.name for p in (tmp_path / "model").iterdir()) == [
+        "model.keras", "test_metrics.json",
+    ]  # fmt: skip
+    again = _dltrain("runs", "download", completed, str(tmp_path / "model"), "--storage", str(storage))
+    assert again.returncode == 2 and "exists: give a folder that does not exist yet" in again.stderr
+
+
+@pytest.mark.slow
+def test_runs_delete_removes_whole_folders_and_refuses_running_runs_and_bad_ids(storage, tmp_path):
+    completed, _ = _ids(storage)
+    first = _copy_run(storage / completed, tmp_path, "20261201-000000-aaaaaa", "COMPLETED")
+    second = _copy_run(storage / completed, tmp_path, "20261201-000000-bbbbbb", "FAILED")
+    live = _copy_run(storage / completed, tmp_path, "20261201-000000-cccccc", "RUNNING")
+    options = ["--storage", str(tmp_path)]
+    refused = _dltrain("runs", "delete", first.name, live.name, "--yes", *options)
+    assert refused.returncode == 2 and f"{live.name} RUNNING: stop it first (or --force)" in refused.stderr
+    unasked = _dltrain("runs", "delete", first.name, *options)  # no terminal to ask on
+    assert unasked.returncode == 2 and "needs --yes" in unasked.stderr
+    traversal = _dltrain("runs", "delete", first.name, "..", "--yes", *options)
+    assert traversal.returncode == 2 and "'..' is not a run id" in traversal.stderr
+    assert first.is_dir() and second.is_dir() and live.is_dir()  # nothing went while any id was refused
+    deleted = _dltrain("runs", "delete", first.name, second.name, "--yes", *options)
+    assert deleted.returncode == 0 and deleted.stdout.splitlines() == [
+        f"deleted {first.name} ({first})", f"deleted {second.name} ({second})",
+    ]  # fmt: skip
+    assert not first.exists() and not second.exists() and live.is_dir()
+    assert _dltrain("runs", "delete", live.name, "--yes", "--force", *options).returncode == 0
+    assert not live.exists()

@@ -2,6 +2,7 @@
 
 import argparse
 import os
+from collections.abc import Callable
 
 from dltrain.errors import DltrainError
 from dltrain.runs import RunStore
@@ -29,3 +30,14 @@ def run_store(args: argparse.Namespace) -> RunStore:
         return RunStore(open_storage(config))
     except (OSError, ValueError) as error:
         raise DltrainError(f"storage: {error}") from error
+
+
+def add_run_command(
+    subcommands: argparse._SubParsersAction, name: str, summary: str, description: str, handler: Callable
+) -> argparse.ArgumentParser:
+    """A subcommand about one run: `NAME ID [its own options] [storage options]`, run by `handler(args)`."""
+    command = subcommands.add_parser(name, help=summary, description=description)
+    command.add_argument("run_id", metavar="ID", help="a run id, as `dltrain runs list` shows it")
+    add_storage_options(command)
+    command.set_defaults(handler=handler)
+    return command

@@ -2,7 +2,6 @@
 
 import argparse
 import itertools
-import json
 
 from dltrain import formatting
 from dltrain.cli.options import add_storage_options, run_store
@@ -42,7 +41,7 @@ def run(args: argparse.Namespace) -> None:
         overviews = (item for item in overviews if item["status"] == args.status)
     overviews = list(itertools.islice(overviews, args.limit))  # read no more runs than shown
     if args.json:
-        print(json.dumps(overviews, indent=2))
+        print(formatting.to_json(overviews))
         return
     rows = [
         [

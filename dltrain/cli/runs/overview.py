@@ -4,7 +4,16 @@ import math
 from datetime import datetime, timezone
 from typing import Any
 
-from dltrain.runs import Run, observed_status
+from dltrain.errors import DltrainError
+from dltrain.runs import Run, RunStore, observed_status
+
+
+def run_named(store: RunStore, run_id: str) -> Run:
+    """The run `run_id` names; DltrainError in one line if it is not a run id or there is no such run."""
+    try:
+        return store.get(run_id)
+    except ValueError as error:
+        raise DltrainError(str(error)) from None
 
 
 def _model_name(config: dict) -> str:

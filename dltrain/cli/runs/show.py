@@ -2,13 +2,12 @@
 defaults, its per-epoch table, its summary and its files."""
 
 import argparse
-import json
 from typing import Any
 
 from dltrain import formatting
-from dltrain.cli.options import add_storage_options, run_store
-from dltrain.cli.runs.overview import moment, overview
-from dltrain.errors import DltrainError
+from dltrain.cli.options import add_run_command, run_store
+from dltrain.cli.runs.metrics import cell
+from dltrain.cli.runs.overview import moment, overview, run_named
 from dltrain.search_space import flatten
 
 EPOCH_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds", "samples_per_second")
@@ -16,11 +15,8 @@ EPOCH_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "secon
 
 def register(subcommands: argparse._SubParsersAction) -> None:
     """Add `runs show`."""
-    command = subcommands.add_parser("show", help="one run in full", description=__doc__)
-    command.add_argument("run_id", metavar="ID", help="a run id, as `dltrain runs list` shows it")
+    command = add_run_command(subcommands, "show", "one run in full", __doc__, run)
     command.add_argument("--json", action="store_true", help="everything as one JSON object")
-    add_storage_options(command)
-    command.set_defaults(handler=run)
 
 
 def _defaults() -> dict[str, Any]:
@@ -46,10 +42,7 @@ def config_changes(saved: dict) -> dict[str, dict[str, Any]]:
 
 def details(args: argparse.Namespace) -> dict[str, Any]:
     """Everything `runs show` prints."""
-    try:
-        selected = run_store(args).get(args.run_id)
-    except ValueError as error:
-        raise DltrainError(str(error)) from None
+    selected = run_named(run_store(args), args.run_id)
     summary_path = f"{selected.path}/summary.json"
     return {
         "overview": overview(selected),
@@ -61,15 +54,11 @@ def details(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def _cell(value: Any) -> str:
-    return f"{value:.4f}" if isinstance(value, float) else str(value)
-
-
 def run(args: argparse.Namespace) -> None:
     """Print the run's details as text, or as JSON."""
     found = details(args)
     if args.json:
-        print(json.dumps(found, indent=2, default=str))
+        print(formatting.to_json(found))
         return
     item, status = found["overview"], found["status"]
     lines = [
@@ -83,16 +72,16 @@ def run(args: argparse.Namespace) -> None:
     changes = found["config_changes"]
     if changes:
         lines.append("config, where it differs from the defaults:")
-        rows = [[key, _cell(change["value"]), _cell(change["default"])] for key, change in changes.items()]
+        rows = [[key, cell(change["value"]), cell(change["default"])] for key, change in changes.items()]
         lines += formatting.table(["key", "value", "default"], rows, indent="  ")
     else:
         lines.append("config: the defaults")
     if found["epochs"]:
         columns = [column for column in EPOCH_COLUMNS if column in found["epochs"][0]]
         lines.append("epochs:")
-        lines += formatting.table(columns, [[_cell(row[c]) for c in columns] for row in found["epochs"]], "  ")
+        lines += formatting.table(columns, [[cell(row[c]) for c in columns] for row in found["epochs"]], "  ")
     if found["summary"]:
-        lines.append("summary: " + "  ".join(f"{key} {_cell(value)}" for key, value in found["summary"].items()
+        lines.append("summary: " + "  ".join(f"{key} {cell(value)}" for key, value in found["summary"].items()
                                             if not isinstance(value, dict)))  # fmt: skip
     lines.append(f"files ({len(found['files'])}):")
     lines += [f"  {path}  {size:,} B" for path, size in sorted(found["files"].items())]

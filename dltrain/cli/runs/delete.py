@@ -1,0 +1,38 @@
+"""`dltrain runs delete ID... [--yes] [--force]`: remove runs' whole folders, on local storage and on S3."""
+
+import argparse
+import sys
+
+from dltrain.cli.options import add_storage_options, run_store
+from dltrain.cli.runs.overview import run_named
+from dltrain.errors import DltrainError
+from dltrain.runs import observed_status
+
+
+def register(subcommands: argparse._SubParsersAction) -> None:
+    """Add `runs delete`."""
+    command = subcommands.add_parser("delete", help="remove runs and everything in their folders", description=__doc__)
+    command.add_argument("run_ids", metavar="ID", nargs="+", help="run ids (a sweep's id removes its own folder)")
+    command.add_argument("--yes", action="store_true", help="do not ask (needed where there is no terminal to ask)")
+    command.add_argument("--force", action="store_true", help="also a RUNNING run (its driver may still write)")
+    add_storage_options(command)
+    command.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    """Check every id first (nothing is removed if one is bad), ask, then remove each folder."""
+    store = run_store(args)
+    runs = [run_named(store, run_id) for run_id in dict.fromkeys(args.run_ids)]
+    running = [selected.id for selected in runs if observed_status(selected.status()) == "RUNNING"]
+    if running and not args.force:
+        raise DltrainError(f"{', '.join(running)} RUNNING: stop it first (or --force); nothing was deleted")
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise DltrainError("deleting needs --yes where there is no terminal to ask; nothing was deleted")
+        answer = input(f"delete {len(runs)} run(s) and all their files from {store.storage.uri}? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            print("nothing was deleted")
+            return
+    for selected in runs:
+        store.storage.filesystem.delete_dir(selected.path)
+        print(f"deleted {selected.id} ({selected.uri})", flush=True)

@@ -1,0 +1,39 @@
+"""`dltrain runs download ID DEST [--model-only]`: copy a run's folder (or its final model) to a local folder."""
+
+import argparse
+import shutil
+import tempfile
+from pathlib import Path
+
+import pyarrow.fs as pafs
+
+from dltrain.cli.options import add_run_command, run_store
+from dltrain.cli.runs.overview import run_named
+from dltrain.errors import DltrainError
+
+
+def register(subcommands: argparse._SubParsersAction) -> None:
+    """Add `runs download`."""
+    command = add_run_command(subcommands, "download", "copy a run's files to a local folder", __doc__, run)
+    command.add_argument("destination", metavar="DEST", type=Path, help="a local folder that does not exist yet")
+    command.add_argument("--model-only", action="store_true", help="only model/: model.keras, test_metrics.json")
+
+
+def run(args: argparse.Namespace) -> None:
+    """Copy into a hidden folder beside DEST, then rename it: DEST appears whole or not at all."""
+    selected = run_named(run_store(args), args.run_id)
+    destination = args.destination.absolute()
+    if destination.exists():
+        raise DltrainError(f"{destination} exists: give a folder that does not exist yet")
+    source = f"{selected.path}/model" if args.model_only else selected.path
+    if not selected.storage.exists(f"{source}/model.keras" if args.model_only else source):
+        raise DltrainError(f"run {selected.id} has no final model yet ({selected.uri}/model)")
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", dir=destination.parent))
+    try:
+        pafs.copy_files(source, str(partial), source_filesystem=selected.storage.filesystem, use_threads=False)
+        partial.rename(destination)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    files = sum(1 for path in destination.rglob("*") if path.is_file())
+    print(f"downloaded {files} files of {selected.id} to {destination}")
