@@ -7,6 +7,7 @@ Two kinds of message reach a queue actor on the driver's node:
   cluster.CONTROLLER_POLL_S, which puts the line on the console within a second of the epoch's end.
 """
 
+import os
 import queue
 import sys
 import threading
@@ -25,7 +26,7 @@ from dltrain.formatting import duration
 from dltrain.progress import QUARTERS
 
 LINE_EVERY_S = 10  # lines mode: a progress line at least this often, and at each quarter of the epoch
-_BAR_FORMAT = "{desc}  {bar:24}  {n_fmt}/{total_fmt}  {percentage:3.0f}%  {postfix}"
+_BAR_FORMAT = "{desc}  {bar:24}  {n_fmt}/{total_fmt}  {percentage:3.0f}%  {figures}"
 
 
 def epoch_line(metrics: dict, epochs: int) -> str:
@@ -58,11 +59,32 @@ def progress_line(progress: dict) -> str:
     )
 
 
+def _columns(stream: TextIO) -> int:
+    """The width of the terminal `stream` writes to; 0 when it has none (a pipe, a file, a pty of size 0x0)."""
+    try:
+        return os.get_terminal_size(stream.fileno()).columns
+    except (AttributeError, OSError, ValueError):
+        return 0
+
+
 def resolve_mode(mode: str, stream: TextIO) -> str:
-    """`trainer.progress`, with auto made a bar on a terminal and lines otherwise (a pipe, a file, a job log)."""
+    """`trainer.progress`, with auto made a bar on a terminal and lines otherwise: a pipe, a file, a job log, or a
+    terminal that gives no width (`docker run -t` before its first resize), where a bar would be empty."""
     if mode != "auto":
         return mode
-    return "bar" if stream.isatty() else "lines"
+    return "bar" if stream.isatty() and _columns(stream) > 0 else "lines"
+
+
+class _EpochBar(tqdm):
+    """tqdm with the running figures as a field of its own: its `postfix` would begin with a comma."""
+
+    def __init__(self, *args, figures: str, **kwargs):
+        self.figures = figures  # before tqdm's first display
+        super().__init__(*args, **kwargs)
+
+    @property
+    def format_dict(self) -> dict:
+        return super().format_dict | {"figures": self.figures}
 
 
 class EpochRelay(ray.train.UserCallback):
@@ -154,16 +176,20 @@ class Console:
         if self._bar_epoch != (run_id, progress["epoch"]):
             self._close_bar()
             self._bar_epoch = (run_id, progress["epoch"])
-            self._bar = tqdm(
+            width = _columns(self.stream)
+            self._bar = _EpochBar(
                 total=progress["steps"],
+                initial=progress["step"],
                 desc=f"epoch {progress['epoch']}/{progress['epochs']}",
                 file=self.stream,
                 leave=False,  # the epoch line takes its place
                 bar_format=_BAR_FORMAT,
-                dynamic_ncols=True,
+                dynamic_ncols=width > 0,  # follows the terminal's width; where it gives none, 100 columns
+                ncols=None if width > 0 else 100,
+                figures=_figures(progress),
             )
         self._bar.n = progress["step"]
-        self._bar.set_postfix_str(_figures(progress), refresh=False)
+        self._bar.figures = _figures(progress)
         self._bar.refresh()
 
     def _close_bar(self) -> None:

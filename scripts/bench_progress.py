@@ -4,7 +4,8 @@ reference recipe) with its output piped, `trainer.progress=lines` and `=epochs` 
 For each run: the steady epoch's wall seconds (scripts/timeline.py), the progress lines printed inside each
 epoch, how long after each epoch's end (the Timeline's epoch_end, before the checkpoint) its epoch line reached
 the pipe, and what the run left in the temporary folder. Targets: steady epoch within 1% of `epochs`, >= 2
-progress lines inside every epoch, every epoch line within 1 s, nothing left behind.
+progress lines inside every epoch, every epoch line within 1 s, nothing left behind. Also what one progress
+message costs rank 0 in CPU, and so its share of an epoch by count.
 
     python scripts/bench_progress.py                        # full data (54,000 images), 3 epochs, 2 pairs
     python scripts/bench_progress.py --epochs 5 --repetitions 3
@@ -24,6 +25,8 @@ import time
 from pathlib import Path
 
 import benchmarking as bench
+
+from dltrain.progress import QUARTERS, SEND_EVERY_S
 
 TARGET_RATIO = 1.01
 TARGET_LINES = 2
@@ -71,6 +74,27 @@ def _run(args: argparse.Namespace, mode: str, folder: Path) -> dict:
     }
 
 
+def _send_cpu_seconds(sends: int = 2000) -> float:
+    """CPU seconds one progress message costs its sender: a Ray task sends `sends` of them to a queue actor, as
+    rank 0 does."""
+    import ray
+    from ray.util.queue import Queue
+
+    from dltrain.cluster import ray_connection
+
+    @ray.remote(num_cpus=1)
+    def send(actor, count: int) -> float:
+        message = {"kind": "progress", "run_id": "r", "epoch": 1, "epochs": 3, "step": 1, "steps": 421,
+                   "loss": 0.5, "accuracy": 0.8, "samples_per_second": 3000.0, "eta_seconds": 5.0}  # fmt: skip
+        started = time.process_time()
+        for _ in range(count):
+            actor.put_nowait.remote(message)
+        return (time.process_time() - started) / count
+
+    with ray_connection(None):
+        return ray.get(send.remote(Queue(actor_options={"num_cpus": 0}).actor, sends))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=bench.DEFAULT_DATA, help="the Fashion-MNIST folder")
@@ -93,6 +117,8 @@ def main() -> None:
     lags = [lag for mode_runs in runs.values() for run in mode_runs for lag in run["epoch_line_lag_seconds"]]
     fewest = min(count for run in runs["lines"] for count in run["progress_lines_per_epoch"])
     left = sorted({name for mode_runs in runs.values() for run in mode_runs for name in run["left_behind"]})
+    send_cpu = _send_cpu_seconds()
+    sends = steady["lines"] / SEND_EVERY_S + QUARTERS - 1  # rank 0's messages in an epoch: one a second, 3 quarters
     bench.emit(
         {
             "benchmark": "progress",
@@ -101,6 +127,9 @@ def main() -> None:
             "fewest_progress_lines_in_an_epoch": fewest,
             "epoch_line_lag_seconds": {"median": round(statistics.median(lags), 3), "max": round(max(lags), 3)},
             "left_behind": left,
+            "send_cpu_ms": round(send_cpu * 1000, 3),
+            # What rank 0's sends cost, by count: messages an epoch x CPU per send, over the steady epoch.
+            "send_share_of_epoch": round(sends * send_cpu / steady["lines"], 6),
             "met": ratio <= TARGET_RATIO and fewest >= TARGET_LINES and max(lags) <= TARGET_LAG_S and not left,
             "sample_output": runs["lines"][-1]["output"],
             "runs": {mode: [{k: v for k, v in run.items() if k != "output"} for run in r] for mode, r in runs.items()},

@@ -1,13 +1,21 @@
 """The console without Ray: rank 0's progress messages, how each mode shows them, and the worker stages."""
 
+import contextlib
+import fcntl
 import io
 import itertools
 import os
 import re
+import select
+import struct
 import subprocess
 import sys
 import tempfile
+import termios
+import time
+from collections.abc import Iterator
 from types import SimpleNamespace
+from typing import TextIO
 
 import pytest
 
@@ -131,20 +139,54 @@ def test_epochs_mode_prints_only_epoch_lines_and_none_nothing(mode, lines):
     assert console.latest == {}  # the epoch ended: no progress is left to show
 
 
-def test_the_bar_shows_the_figures_and_gives_way_to_the_epoch_line():
-    stream, clock = io.StringIO(), Clock()
-    console = Console("bar", stream, clock)
-    console.show(_progress(1, 50))
-    bar = stream.getvalue()
-    assert "epoch 1/3" in bar and "50/100" in bar and " 50%" in bar and "2,650 samples/s  ETA 8s" in bar
-    console.show(_epoch(1))
-    assert stream.getvalue().rstrip().endswith("30.0s  5,431 samples/s")
+@contextlib.contextmanager
+def _terminal(columns: int) -> Iterator[tuple[TextIO, int]]:
+    """A real pseudo-terminal of `columns` x 40 (0 x 0 as some container runtimes give): (its stream, its reader)."""
+    reader, writer = os.openpty()
+    fcntl.ioctl(writer, termios.TIOCSWINSZ, struct.pack("HHHH", 40 if columns else 0, columns, 0, 0))
+    os.set_blocking(reader, False)
+    with os.fdopen(writer, "w", encoding="utf-8") as stream:
+        try:
+            yield stream, reader
+        finally:
+            os.close(reader)
 
 
-def test_auto_is_a_bar_on_a_terminal_and_lines_elsewhere():
-    assert resolve_mode("auto", SimpleNamespace(isatty=lambda: True)) == "bar"
+def _read_until(reader: int, text: str, timeout_s: float = 30) -> str:
+    """What the terminal has shown, read as it comes until `text` is among it."""
+    shown = ""
+    deadline = time.monotonic() + timeout_s
+    while text not in shown:
+        ready, _, _ = select.select([reader], [], [], max(deadline - time.monotonic(), 0))
+        assert ready, f"{text!r} never reached the terminal; it showed {shown!r}"
+        shown += os.read(reader, 65536).decode()
+    return shown
+
+
+def test_the_bar_on_a_terminal_shows_the_figures_and_gives_way_to_the_epoch_line():
+    with _terminal(120) as (stream, reader):
+        console = Console("auto", stream, Clock())
+        assert console.mode == "bar"
+        console.show(_progress(1, 50))
+        console.show(_progress(1, 75))
+        bar = _read_until(reader, "75/100")
+        frames = [frame.strip() for frame in bar.split("\r") if frame.strip()]
+        assert (
+            frames[0].startswith("epoch 1/3  ")
+            and "  50/100   50%  loss 0.4132  accuracy 0.8520  2,650 samples/s  ETA 8s" in frames[0]
+        )
+        assert "  75/100   75%  loss " in frames[-1] and all(len(frame) <= 120 for frame in frames)
+        console.show(_epoch(1))
+        assert _read_until(reader, "samples/s\r\n").strip().endswith("30.0s  5,431 samples/s")  # the bar is cleared
+
+
+def test_auto_is_a_bar_on_a_terminal_with_a_width_and_lines_elsewhere():
+    with _terminal(120) as (stream, _):
+        assert resolve_mode("auto", stream) == "bar"
+        assert resolve_mode("epochs", stream) == "epochs"
+    with _terminal(0) as (stream, _):  # a terminal without a width: a bar would be empty
+        assert resolve_mode("auto", stream) == "lines"
     assert resolve_mode("auto", io.StringIO()) == "lines"
-    assert resolve_mode("epochs", SimpleNamespace(isatty=lambda: True)) == "epochs"
     # Rank 0 sends progress only where it shows.
     assert [Console(mode, io.StringIO()).shows_progress for mode in ("bar", "lines", "epochs", "none")] == [
         True, True, False, False,
