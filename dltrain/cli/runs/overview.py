@@ -38,15 +38,26 @@ def _best(values: list[Any]) -> float | None:
     return max(numbers) if numbers else None
 
 
-def overview(run: Run) -> dict[str, Any]:
-    """id, kind, model, dataset, status (LOST for a silent RUNNING one), workers, epochs_done, epochs,
-    best_val_accuracy, test_accuracy, started, ended, duration_seconds, error and uri."""
-    status = run.status()
+def read(run: Run) -> dict[str, Any]:
+    """What a run's overview is made of, each file read once: status, config, summary ({} if none yet) and
+    history (a sweep has none of its own)."""
     exists = run.storage.exists
     config = run.config() if exists(f"{run.path}/config.yaml") else {}
-    summary = run.summary() if exists(f"{run.path}/summary.json") else {}
+    return {
+        "status": run.status(),
+        "config": config,
+        "summary": run.summary() if exists(f"{run.path}/summary.json") else {},
+        "history": [] if config.get("sweep") is not None else run.metrics(),
+    }
+
+
+def overview(run: Run, files: dict[str, Any] | None = None) -> dict[str, Any]:
+    """id, kind, model, dataset, status (LOST for a silent RUNNING one), workers, epochs_done, epochs,
+    best_val_accuracy, test_accuracy, started, ended, duration_seconds, error and uri; from `files` (read(run))
+    where the caller has read them already."""
+    files = files or read(run)
+    status, config, summary, history = files["status"], files["config"], files["summary"], files["history"]
     sweep = config.get("sweep") is not None
-    history = [] if sweep else run.metrics()
     started = status.get("started")
     best = _best([row.get("val_accuracy") for row in history])
     if sweep and summary.get("metric") == "val_accuracy" and summary.get("best"):

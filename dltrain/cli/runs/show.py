@@ -7,7 +7,7 @@ from typing import Any
 from dltrain import formatting
 from dltrain.cli.options import add_run_command, run_store
 from dltrain.cli.runs.metrics import cell
-from dltrain.cli.runs.overview import moment, overview, run_named
+from dltrain.cli.runs.overview import moment, overview, read, run_named
 from dltrain.search_space import flatten
 
 EPOCH_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds", "samples_per_second")
@@ -43,13 +43,13 @@ def config_changes(saved: dict) -> dict[str, dict[str, Any]]:
 def details(args: argparse.Namespace) -> dict[str, Any]:
     """Everything `runs show` prints."""
     selected = run_named(run_store(args), args.run_id)
-    summary_path = f"{selected.path}/summary.json"
+    files = read(selected)
     return {
-        "overview": overview(selected),
-        "status": selected.status(),
-        "config_changes": config_changes(selected.config()),
-        "epochs": selected.metrics(),
-        "summary": selected.summary() if selected.storage.exists(summary_path) else None,
+        "overview": overview(selected, files),
+        "status": files["status"],
+        "config_changes": config_changes(files["config"]),
+        "epochs": files["history"],
+        "summary": files["summary"] or None,
         "files": selected.storage.list_files(selected.path),
     }
 
