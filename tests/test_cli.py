@@ -63,7 +63,9 @@ def test_a_two_cpu_worker_run_from_relative_paths_writes_its_whole_folder(real_d
     ]
     assert shown == [(epoch, at) for epoch in ("1/2", "2/2") for at in ("5/18", "9/18", "14/18", "epoch line")]
     assert "COMPLETED: test_accuracy" in lines[-1]
-    assert _temporary_files() == before  # no driver log, worker stage, autograph file or Ray session is left
+    # Nothing new is left (no driver log, worker stage, autograph file or Ray session); the run may well have removed
+    # what earlier, killed processes left behind.
+    assert _temporary_files() <= before
     assert not any(noise in result.stdout + result.stderr for noise in ("I0000", "oneDNN", "absl", "Traceback"))
     run = _only_run(tmp_path)
     assert lines[-1].endswith(str(run))
