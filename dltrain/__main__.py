@@ -6,6 +6,7 @@ import tempfile
 from pathlib import Path
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from dltrain.errors import DltrainError
@@ -30,7 +31,7 @@ def main(cfg: DictConfig) -> None:
         # TensorFlow's native start-up lines go to the driver log, not the console.
         with output_to(driver_log, fds=(2,)):
             from dltrain import config, launch  # imported after Hydra, so `--help` and `--cfg` stay fast
-        launch.train(config.resolve(cfg), driver_log)
+        launch.train(config.resolve(cfg), driver_log, list(HydraConfig.get().overrides.task))
     except DltrainError as error:
         print(f"dltrain: error: {error}", file=sys.stderr)
         sys.exit(2)

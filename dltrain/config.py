@@ -51,6 +51,7 @@ _RULES: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
         "optimizer": (lambda v: v in OPTIMIZERS, "one of " + ", ".join(OPTIMIZERS)),
         "lr_schedule": (lambda v: v in LR_SCHEDULES, "one of " + ", ".join(LR_SCHEDULES)),
         "seed": (_is_int, "an integer"),
+        "deterministic": (lambda v: isinstance(v, bool), "true or false"),
         "max_failures": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
         "keep_checkpoints": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
         "progress": (lambda v: v in PROGRESS_MODES, "one of " + ", ".join(PROGRESS_MODES)),
@@ -96,7 +97,7 @@ _DEFAULTS = {
     "resources": {"min_workers": None},
     "ray": {"wait_for_workers_s": DEFAULT_WAIT_FOR_WORKERS_S},
 }
-_SECTIONS = (*_RULES, "model", "resume", "sweep")
+_SECTIONS = (*_RULES, "model", "resume", "rerun", "sweep")
 
 _SWEEP_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "num_samples": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
@@ -174,8 +175,11 @@ def resolve(cfg: DictConfig) -> dict:
         raise DltrainError(f"config cannot be resolved: {str(error).splitlines()[0]}") from error
     job.setdefault("sweep", None)  # the sweep group is chosen only for sweeps
     _check_keys("config", job, list(_SECTIONS))
-    if job["resume"] is not None and not isinstance(job["resume"], str):
-        raise DltrainError(f"resume={job['resume']!r} is invalid: expected a run or sweep id")
+    for key in ("resume", "rerun"):
+        if job[key] is not None and not isinstance(job[key], str):
+            raise DltrainError(f"{key}={job[key]!r} is invalid: expected a run or sweep id")
+    if job["resume"] is not None and job["rerun"] is not None:
+        raise DltrainError(f"resume={job['resume']} and rerun={job['rerun']}: give one of them")
     for section in _RULES:
         if not isinstance(job[section], dict):
             raise DltrainError(f"{section} must be a mapping, got {job[section]!r}")

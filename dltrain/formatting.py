@@ -18,6 +18,17 @@ def duration(seconds: float | None) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
+def model_name(model: dict) -> str:
+    """`cnn` for a model config whose builder is dltrain.models.cnn.build_cnn: its name without build_."""
+    return model.get("_target_", "?").rsplit(".", 1)[-1].removeprefix("build_")
+
+
+def workers(resources: dict) -> str:
+    """ "4", or "2-4" for an elastic run (one with resources.min_workers)."""
+    least, most = resources.get("min_workers"), resources.get("num_workers", "?")
+    return f"{least}-{most}" if least not in (None, most) else str(most)
+
+
 def table(header: list[str], rows: list[list[str]], indent: str = "") -> list[str]:
     """The lines of a table: columns left-aligned, two spaces apart."""
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]

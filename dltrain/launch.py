@@ -8,11 +8,11 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from dltrain import cluster, lifecycle, sweep
-from dltrain.config import worker_range
+from dltrain import cluster, formatting, lifecycle, sweep
 from dltrain.console import Console, EpochRelay
 from dltrain.errors import DltrainError
 from dltrain.frameworks import tensorflow as framework
+from dltrain.provenance import provenance
 from dltrain.runs import Run, RunStore
 from dltrain.stage import remove_left_behind, temporary_name
 from dltrain.storage import Storage, check_storage, open_storage
@@ -29,15 +29,22 @@ def _open_storage(config: dict) -> Storage:
         raise DltrainError(f"storage: {error}") from error
 
 
-def train(job: dict, driver_log: Path | None = None) -> dict:
-    """Run one training job, or a sweep of them, end to end (or resume one) and return its summary; its folder
-    records everything.
+def train(job: dict, driver_log: Path | None = None, overrides: list[str] | None = None) -> dict:
+    """Run one training job, or a sweep of them, end to end (or resume one, or rerun one's config) and return its
+    summary; its folder records everything.
 
     `driver_log`, a local file, receives the driver's log records and is kept as the folder's logs/driver.log.
+    `overrides`, the command line's key=value arguments, go into the run's provenance.json.
     """
     remove_left_behind()  # by drivers and workers on this machine that were killed
     storage = _open_storage(job["storage"])
-    run = _run_to_resume(job["resume"], storage) if job["resume"] else None
+    if job["rerun"]:
+        _check_rerun_overrides(job["rerun"], overrides or [])
+        original = _run_named("rerun", job["rerun"], storage)
+        # A new run of the original's saved config; the storage and Ray settings come from this command.
+        saved = completed_config(original.config(), job)
+        job = saved | {"storage": job["storage"], "ray": job["ray"], "resume": None, "rerun": original.id}
+    run = _run_named("resume", job["resume"], storage) if job["resume"] else None
     if run is not None:
         status = run.status()["status"]
         saved = completed_config(run.config(), job)
@@ -53,9 +60,12 @@ def train(job: dict, driver_log: Path | None = None) -> dict:
     if job["sweep"]:
         sweep.check_trial_models(job, driver_log)
     if run is None:
-        run = RunStore(storage).create(job, framework.versions())
-        print(f"dltrain: {kind} {run.id} -> {run.uri}", flush=True)
+        record = provenance(job, overrides or [], job["rerun"])
+        run = RunStore(storage).create(job, framework.versions(), provenance=record)
+        rerun = f" (a rerun of {job['rerun']})" if job["rerun"] else ""
+        print(f"dltrain: {kind} {run.id}{rerun} -> {run.uri}", flush=True)
     else:
+        run.clear_stop_request()
         run.mark_resumed()
         print(f"dltrain: resuming {kind} {run.id} ({status}) from its latest checkpoint -> {run.uri}", flush=True)
     with _logging_to(driver_log, run):
@@ -75,12 +85,23 @@ def completed_config(saved: dict, defaults: dict) -> dict:
     return completed
 
 
-def _run_to_resume(run_id: str, storage: Storage) -> Run:
-    """The run `resume=` names; it continues from its latest checkpoint, in its own folder."""
+def _check_rerun_overrides(run_id: str, overrides: list[str]) -> None:
+    """A rerun repeats the saved config: an override of anything but storage.* and ray.* would be ignored."""
+    for override in overrides:
+        key = override.partition("=")[0].lstrip("+~")
+        if key not in ("rerun", "storage") and not key.startswith(("storage.", "ray.", "hydra.")):
+            raise DltrainError(
+                f"rerun={run_id} repeats that run's saved config: {override} cannot change it "
+                "(only storage.* and ray.* can be set; start a new run to change others)"
+            )
+
+
+def _run_named(key: str, run_id: str, storage: Storage) -> Run:
+    """The run `resume=` or `rerun=` names."""
     try:
         return RunStore(storage).get(run_id)
     except ValueError as error:
-        raise DltrainError(f"resume={run_id}: {error}") from error
+        raise DltrainError(f"{key}={run_id}: {error}") from error
 
 
 @contextlib.contextmanager
@@ -110,20 +131,17 @@ def _run(job: dict, run: Run, parameters: int) -> dict:
     with lifecycle.recorded(run), cluster.ray_connection(job["ray"]["address"]):
         per_worker = cluster.worker_resources(job["resources"])
         cluster.check_paths_on_nodes(job["dataset"]["path"], run.storage)
-        print(f"dltrain: {parameters:,} parameters; {_worker_count(job['resources'])} worker(s) x {per_worker}")
+        print(f"dltrain: {parameters:,} parameters; {formatting.workers(job['resources'])} worker(s) x {per_worker}")
         with Console(job["trainer"]["progress"]) as console:
             relay = EpochRelay(console.handle, run.id, job["trainer"]["epochs"])
             progress_to = console.handle if console.shows_progress else None  # else rank 0 sends nothing
             summary = lifecycle.execute(job, run, per_worker, [relay], progress_to)
+    if summary["status"] == "STOPPED":
+        print(f"dltrain: run {run.id} STOPPED: {summary['error']}; resume={run.id} continues it -> {run.uri}")
+        return summary
     print(
         f"dltrain: run {run.id} COMPLETED: test_accuracy {summary['test_accuracy']:.4f}  "
         f"test_loss {summary['test_loss']:.4f}  {summary['wall_seconds']:.0f}s -> {run.uri}",
         flush=True,
     )
     return summary
-
-
-def _worker_count(resources: dict) -> str:
-    """ "4", or "2-4" for an elastic run."""
-    least, most = worker_range(resources)
-    return f"{least}-{most}" if least < most else str(most)

@@ -14,7 +14,7 @@ from typing import Any
 import ray.train
 from ray.actor import ActorHandle
 
-from dltrain import cluster
+from dltrain import cluster, formatting, plots
 from dltrain.config import worker_range
 from dltrain.data import DATASETS
 from dltrain.data import prepare as prepare_data
@@ -148,22 +148,39 @@ def _final_status(run: Run, status: str, error: str) -> None:
 def execute(
     job: dict, run: Run, per_worker: dict, callbacks: list[ray.train.UserCallback], console: ActorHandle | None
 ) -> dict:
-    """Train `job` into `run` on the connected Ray, mark it RUNNING then COMPLETED, and return its summary;
-    rank 0 sends its progress to the `console` queue actor, if any."""
+    """Train `job` into `run` on the connected Ray, mark it RUNNING then COMPLETED (or STOPPED, when `dltrain runs
+    stop` asked it to stop), and return its summary; rank 0 sends its progress to the `console` queue actor, if any.
+    """
     started = time.time()
     run.set_status("RUNNING")
     resources, wait = job["resources"], job["ray"]["wait_for_workers_s"]
     waiting = cluster.WaitForWorkers(wait, run.id, worker_range(resources)[0], per_worker)
     with run.heartbeat(), cluster.controller_settings(wait):
         fit(framework.make_trainer(job, run, per_worker, [*callbacks, waiting], console))
+    if (request := run.stop_request()) and not run.has_final_model():
+        epochs = len(run.metrics())
+        message = f"stopped after epoch {epochs}, as {request['by']} asked at {request['requested']}"
+        _final_status(run, "STOPPED", message)
+        return {"run_id": run.id, "status": "STOPPED", "epochs": epochs, "error": message}
+    history, confusion = run.metrics(), run.confusion_matrix()
     summary = {
         "run_id": run.id,
         "status": "COMPLETED",
         **run.test_metrics(),
-        "epochs": len(run.metrics()),
+        "test_accuracy_per_class": plots.per_class_accuracy(confusion["matrix"], confusion["class_names"]),
+        "epochs": len(history),
         "num_workers": job["resources"]["num_workers"],
         "wall_seconds": round(time.time() - started, 1),
     }
+    _plot(run, job, history, confusion)
     run.write_summary(summary)
     run.set_status("COMPLETED")
     return summary
+
+
+def _plot(run: Run, job: dict, history: list[dict], confusion: dict) -> None:
+    """plots/curves.png and plots/confusion_matrix.png of a completed run."""
+    model = f"{formatting.model_name(job['model'])} on {job['dataset']['name']}"
+    run.write_plot("curves.png", plots.curves({run.id: history}, f"run {run.id}: {model}"))
+    title = f"run {run.id}: test set, {sum(map(sum, confusion['matrix'])):,} samples"
+    run.write_plot("confusion_matrix.png", plots.confusion_matrix(confusion["matrix"], confusion["class_names"], title))

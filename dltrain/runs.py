@@ -1,11 +1,15 @@
 """The run store: one folder per run id holding config, status, metrics history, summary and artifacts.
 
 <storage>/<run id>/config.yaml        resolved config, secrets redacted
+                   provenance.json    the command line, dltrain's git commit, the data's md5s (provenance.py)
                    status.json        PENDING / RUNNING / COMPLETED / FAILED / STOPPED, timestamps, error, and
                                       the driver's heartbeat while RUNNING
                    metrics.parquet    one row per epoch
                    summary.json       written once a run has ended
-                   model/model.keras  the final model, and model/test_metrics.json its test loss and accuracy
+                   stop_request.json  written by `dltrain runs stop`: rank 0 ends the run at its next epoch end
+                   model/model.keras  the final model, model/test_metrics.json its test loss and accuracy and
+                                      model/confusion_matrix.json its test predictions by true class
+                   plots/             curves.png and confusion_matrix.png, drawn when the run completes
                    checkpoints/       Ray Train checkpoints, one per epoch (the newest few are kept)
                    tensorboard/, logs/
 """
@@ -38,6 +42,9 @@ ENDED = ("COMPLETED", "FAILED", "STOPPED")
 _SECRET_KEY = re.compile(r"secret|password|passwd|token|credential|private_key|access_key", re.IGNORECASE)
 REDACTED = "***"
 TEST_METRICS_FILE = "test_metrics.json"  # in model/, beside the final model: its test loss and accuracy
+CONFUSION_MATRIX_FILE = "confusion_matrix.json"  # in model/: {class_names, matrix[true class][predicted class]}
+STOP_REQUEST_FILE = "stop_request.json"
+PROVENANCE_FILE = "provenance.json"
 # While a run is RUNNING its driver refreshes status.json's `heartbeat` this often; a reader can take a RUNNING run
 # whose heartbeat is minutes old for one whose driver died. Each refresh gives up after this long in an outage:
 # the next one tries again.
@@ -206,6 +213,21 @@ class Run:
         """Record that the run is being resumed (status.json keeps the times of every resume)."""
         self._update_status(lambda record: record | {"resumed": [*record.get("resumed", []), _now()]})
 
+    def request_stop(self, by: str) -> None:
+        """Ask the run to stop at its next epoch end, on behalf of `by` (user@host)."""
+        self._write_json(STOP_REQUEST_FILE, {"requested": _now(), "by": by})
+
+    def stop_request(self) -> dict | None:
+        """The pending stop request ({requested, by}), or None."""
+        path = f"{self.path}/{STOP_REQUEST_FILE}"
+        return self._read_json(STOP_REQUEST_FILE) if self.storage.exists(path) else None
+
+    def clear_stop_request(self) -> None:
+        """Forget a stop request (a resumed run goes on)."""
+        path = f"{self.path}/{STOP_REQUEST_FILE}"
+        if self.storage.exists(path):
+            self.storage.filesystem.delete_file(path)
+
     def record_epoch(self, metrics: dict[str, Any]) -> None:
         """Add one epoch's row to metrics.parquet, replacing an earlier row of the same epoch (after a restart)."""
         rows = [row for row in self.metrics() if row["epoch"] != metrics["epoch"]] + [metrics]
@@ -223,9 +245,26 @@ class Run:
         # ("terminate called without an active exception", apache/arrow#33975); the file is a few KB.
         return pq.read_table(pa.BufferReader(self.storage.read_bytes(path)), use_threads=False).to_pylist()
 
+    def has_final_model(self) -> bool:
+        """Whether training has ended with the final model stored (and its test metrics beside it)."""
+        return self.storage.exists(f"{self.path}/model/{TEST_METRICS_FILE}")
+
     def test_metrics(self) -> dict[str, float]:
         """The final model's test metrics, stored beside it by the worker that saved it."""
         return self._read_json(f"model/{TEST_METRICS_FILE}")
+
+    def confusion_matrix(self) -> dict[str, list]:
+        """The final model's test predictions: class_names, and matrix[true class][predicted class] counts."""
+        return self._read_json(f"model/{CONFUSION_MATRIX_FILE}")
+
+    def write_plot(self, name: str, png: bytes) -> None:
+        """Store a plot as plots/`name`."""
+        self.storage.write_bytes(f"{self.path}/plots/{name}", png)
+
+    def provenance(self) -> dict | None:
+        """The content of provenance.json; None for a run made before runs recorded it."""
+        path = f"{self.path}/{PROVENANCE_FILE}"
+        return self._read_json(PROVENANCE_FILE) if self.storage.exists(path) else None
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         """Save summary.json."""
@@ -242,11 +281,15 @@ class RunStore:
     def __init__(self, storage: Storage):
         self.storage = storage
 
-    def create(self, config: dict, versions: dict[str, str], run_id: str | None = None) -> Run:
-        """A new run folder (a new id unless one is given) holding the config and a PENDING status that records
-        the library versions."""
+    def create(
+        self, config: dict, versions: dict[str, str], run_id: str | None = None, provenance: dict | None = None
+    ) -> Run:
+        """A new run folder (a new id unless one is given) holding the config, its provenance (if given) and a
+        PENDING status that records the library versions."""
         run = Run(self.storage, run_id or new_run_id())
         run.write_config(config)
+        if provenance is not None:
+            run._write_json(PROVENANCE_FILE, provenance)
         run._write_json("status.json", {"created": _now(), "versions": versions})
         run.set_status("PENDING")
         return run

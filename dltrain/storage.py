@@ -7,9 +7,13 @@ one folder per run.
 import dataclasses
 import os
 import re
+import shutil
+import tempfile
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import pyarrow.fs as pafs
@@ -39,6 +43,8 @@ class Storage:
     filesystem: pafs.FileSystem
     root: str
     uri: str
+    endpoint_url: str | None = None  # S3's: for the requests pyarrow cannot make (create_exclusive)
+    region: str | None = None
 
     def join(self, *parts: str) -> str:
         """Path of `parts` below the root."""
@@ -61,6 +67,41 @@ class Storage:
             stream.write(data)
         self.filesystem.move(partial, path)
 
+    def create_exclusive(self, path: str, data: bytes) -> bool:
+        """Create the file `path` holding `data` unless a file of that name exists; True if this call made it.
+
+        Of concurrent callers on any machines, exactly one wins a name, and readers never see a part of the file:
+        locally by hard-linking a complete temporary file to the name (link(2) fails if the name exists); on S3
+        by a conditional PUT (If-None-Match: *), which the server refuses with 412 if the key exists.
+        """
+        parent = path.rsplit("/", 1)[0]
+        if not self.uri.startswith("s3://"):
+            Path(parent).mkdir(parents=True, exist_ok=True)
+            partial = Path(parent) / f".{uuid.uuid4().hex}.partial"
+            partial.write_bytes(data)
+            try:
+                os.link(partial, path)
+                return True
+            except FileExistsError:
+                return False
+            finally:
+                partial.unlink()
+        import botocore.exceptions
+
+        bucket, key = path.split("/", 1)
+        for attempt in range(_S3_ATTEMPTS * 3):
+            try:
+                s3_client(self.endpoint_url, self.region).put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
+                return True
+            except botocore.exceptions.ClientError as error:
+                code = error.response.get("Error", {}).get("Code")
+                if code in ("PreconditionFailed", "412"):
+                    return False
+                if code != "ConditionalRequestConflict":  # 409: another conditional write is in flight; try again
+                    raise
+                time.sleep(0.1 * (attempt + 1))
+        raise OSError(f"{self.uri_of(path)}: concurrent writers kept conflicting")
+
     def read_bytes(self, path: str, offset: int = 0) -> bytes:
         """A file's content from byte `offset` on (the whole file by default)."""
         if offset == 0:
@@ -82,6 +123,18 @@ class Storage:
         # took 1 s per call on S3 here, 43x the unthreaded 0.02 s (scripts/bench_storage.py); a large file still
         # uploads its parts in parallel (S3FileSystem's background_writes).
         pafs.copy_files(str(local_folder), path, destination_filesystem=self.filesystem, use_threads=False)
+
+    def download(self, path: str, destination: Path) -> int:
+        """Copy the folder `path` to the local folder `destination`, which must not exist: it is filled under a
+        hidden name beside it, then renamed, so it appears whole or not at all. Returns the number of files."""
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        partial = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", dir=destination.parent))
+        try:
+            pafs.copy_files(path, str(partial), source_filesystem=self.filesystem, use_threads=False)
+            partial.rename(destination)
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
+        return sum(1 for file in destination.rglob("*") if file.is_file())
 
     def list_files(self, path: str) -> dict[str, int]:
         """Every file below `path`, by its path relative to it, with its size in bytes."""
@@ -139,19 +192,25 @@ def s3_filesystem(
     return retrying(pafs.S3FileSystem(**options), retry_seconds, where)
 
 
-def check_bucket(bucket: str, endpoint_url: str | None, region: str | None, create: bool) -> None:
-    """Fail in seconds, in one line, if the bucket is missing, the credentials wrong or the endpoint unreachable."""
+def s3_client(endpoint_url: str | None, region: str | None) -> Any:
+    """A boto3 S3 client with credentials from the standard AWS chain, failing in seconds where S3 is unreachable."""
     import boto3
     import botocore.config
-    import botocore.exceptions
 
-    where = f" at {endpoint_url}" if endpoint_url else ""
-    client = boto3.client(
+    return boto3.client(
         "s3",
         endpoint_url=endpoint_url,
         region_name=region or None,
         config=botocore.config.Config(connect_timeout=5, read_timeout=10, retries={"max_attempts": 2}),
     )
+
+
+def check_bucket(bucket: str, endpoint_url: str | None, region: str | None, create: bool) -> None:
+    """Fail in seconds, in one line, if the bucket is missing, the credentials wrong or the endpoint unreachable."""
+    import botocore.exceptions
+
+    where = f" at {endpoint_url}" if endpoint_url else ""
+    client = s3_client(endpoint_url, region)
     try:
         client.head_bucket(Bucket=bucket)
     except botocore.exceptions.NoCredentialsError as error:
@@ -211,7 +270,8 @@ def open_storage(config: dict) -> Storage:
         filesystem = s3_filesystem(
             config.get("endpoint_url"), config.get("region"), config.get("retry_seconds", DEFAULT_RETRY_SECONDS)
         )
-        return Storage(filesystem, f"{bucket}/{prefix}".rstrip("/"), uri.rstrip("/"))
+        root = f"{bucket}/{prefix}".rstrip("/")
+        return Storage(filesystem, root, uri.rstrip("/"), config.get("endpoint_url"), config.get("region"))
     if uri and "://" in uri and not uri.startswith("file://"):
         raise ValueError(f"storage.uri={uri}: expected a local folder or s3://bucket/prefix")
     root = Path(uri.removeprefix("file://")).expanduser() if uri else default_local_root()

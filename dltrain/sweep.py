@@ -5,6 +5,7 @@ A sweep has a folder like a run's (config.yaml, status.json, logs/) plus:
 <storage>/<sweep id>/trials.parquet   one row per trial: trial and run ids, sampled values, status, epochs, metrics
                      summary.json     the best trial: its values, metric, epoch and run id; trial and epoch counts
                      tune/            Ray Tune's own state, from which `resume=<sweep id>` continues
+                     plots/trials.png the metric against each searched key, and each trial's curve
 
 Every trial is a whole run in its own folder, <storage>/<sweep id>-<trial id>/, so its model, metrics and
 checkpoints are found as any run's. Following Ray Train V2's pattern, a trial is a function that builds and
@@ -25,7 +26,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule, TrialScheduler
 from ray.tune.search import BasicVariantGenerator
 
-from dltrain import cluster, formatting, lifecycle, search_space
+from dltrain import cluster, formatting, lifecycle, plots, search_space
 from dltrain.console import Console
 from dltrain.errors import DltrainError
 from dltrain.frameworks import tensorflow as framework
@@ -134,7 +135,7 @@ def _trial(params: dict, job: dict, sweep_id: str, per_worker: dict, console: Ac
     Ray Train reports each epoch to Tune as it ends. A trial resumed after its last checkpoint trains no epoch,
     and Tune fails a sweep whose trial ends without reporting its metric: the last report covers that trial.
     """
-    trial_job = search_space.assign(job, params) | {"sweep": None, "resume": None}
+    trial_job = search_space.assign(job, params) | {"sweep": None, "resume": None, "rerun": None}
     store = RunStore(open_storage(job["storage"]))
     run_id = trial_run_id(sweep_id, tune.get_context().get_trial_id())
     try:
@@ -146,7 +147,7 @@ def _trial(params: dict, job: dict, sweep_id: str, per_worker: dict, console: Ac
             run.mark_resumed()
         with lifecycle.recorded(run):
             lifecycle.execute(trial_job, run, per_worker, [TuneReportCallback()], console)
-    tune.report(run.metrics()[-1] | run.test_metrics())
+    tune.report(run.metrics()[-1] | (run.test_metrics() if run.has_final_model() else {}))  # none if stopped
 
 
 # sweep id -> the console its trials send their progress to, while the sweep runs. Tune pickles its callbacks with
@@ -245,10 +246,11 @@ def run_sweep(job: dict, sweep: Run, resuming: bool) -> dict:
             raise
         errored = frozenset(result.metrics.get("trial_id") for result in results if result.error)
         _close_unfinished(sweep, settings, interrupted=False, errored=errored)
-        rows = _trials_table(job, sweep)
+        rows, histories = _trials_table(job, sweep)
         summary = _summary(job, sweep, rows, time.time() - started)
         if summary["best"] is None:
             raise DltrainError(f"sweep {sweep.id}: no trial reported {settings['metric']}; see the trials' logs")
+        _plot(sweep, settings, rows, histories, summary["best"]["trial_id"])
         sweep.write_summary(summary)
         sweep.set_status("COMPLETED")
     _print_result(summary)
@@ -323,13 +325,14 @@ def _close_unfinished(sweep: Run, settings: dict, interrupted: bool, errored: fr
                 run.set_status("FAILED", "the trial ended before its first epoch")
 
 
-def _trials_table(job: dict, sweep: Run) -> list[dict]:
-    """Write trials.parquet, one row per trial from its run folder, and return its rows."""
+def _trials_table(job: dict, sweep: Run) -> tuple[list[dict], dict[str, list[dict]]]:
+    """Write trials.parquet, one row per trial from its run folder; return its rows, and each trial's metrics
+    history by trial id."""
     settings, epochs = job["sweep"], job["trainer"]["epochs"]
     metric, pick = settings["metric"], (max if settings["mode"] == "max" else min)
-    rows = []
+    rows, histories = [], {}
     for run in _trial_runs(sweep):
-        history = run.metrics()
+        history = histories[run.id.removeprefix(f"{sweep.id}-")] = run.metrics()
         status = run.status()["status"]
         values = search_space.flatten(run.config())
         scores = [row[metric] for row in history if row.get(metric) is not None]
@@ -349,7 +352,16 @@ def _trials_table(job: dict, sweep: Run) -> list[dict]:
     buffer = io.BytesIO()
     pq.write_table(pa.Table.from_pylist(rows), buffer)
     sweep.storage.write_bytes(sweep.storage.join(sweep.id, "trials.parquet"), buffer.getvalue())
-    return rows
+    return rows, histories
+
+
+def _plot(sweep: Run, settings: dict, rows: list[dict], histories: dict[str, list[dict]], best: str) -> None:
+    """plots/trials.png: the metric against each searched key, and each trial's curve."""
+    dimensions = _dimensions(settings)
+    title = f"sweep {sweep.id}: {len(rows)} trials, {settings['metric']} ({settings['mode']})"
+    log_keys = [path for path, dimension in dimensions.items() if dimension.distribution == "loguniform"]
+    png = plots.trials(rows, list(dimensions), settings["metric"], histories, title, best, log_keys)
+    sweep.write_plot("trials.png", png)
 
 
 def _summary(job: dict, sweep: Run, rows: list[dict], seconds: float) -> dict:

@@ -1,6 +1,9 @@
-"""Shared fixtures: composed configs, the real Fashion-MNIST folder, and one embedded Ray for engine tests."""
+"""Shared fixtures: composed configs, the real Fashion-MNIST folder, one embedded Ray for engine tests, and one
+real completed run for the tests of the commands that read runs."""
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -47,3 +50,19 @@ def ray_cluster(worker_env):
     finally:
         os.environ.clear()
         os.environ.update(saved)
+
+
+@pytest.fixture(scope="session")
+def completed_run(real_data, tmp_path_factory) -> Path:
+    """The folder of one real, deterministic, 2-epoch run that COMPLETED, trained by `dltrain train`; tests copy it
+    into storages of their own (copy_run), never change it."""
+    storage = tmp_path_factory.mktemp("completed")
+    trained = subprocess.run(
+        [str(Path(sys.executable).parent / "dltrain"), "train", "trainer.epochs=2", "dataset.limit=1280",
+         "trainer.batch_size=64", "trainer.deterministic=true", f"dataset.path={real_data}", f"storage.uri={storage}",
+         "trainer.progress=epochs"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    (run,) = [path for path in storage.iterdir() if path.is_dir()]
+    return run

@@ -49,7 +49,7 @@ def test_a_two_cpu_worker_run_from_relative_paths_writes_its_whole_folder(real_d
     result = _dltrain(
         "model=fashion", "resources=medium", "resources.use_gpu=false", "trainer.epochs=2", "dataset.limit=1280",
         "trainer.batch_size=64", f"dataset.path={os.path.relpath(real_data, tmp_path)}", "storage.uri=.",
-        cwd=tmp_path,
+        "trainer.deterministic=true", cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.splitlines()
@@ -75,6 +75,22 @@ def test_a_two_cpu_worker_run_from_relative_paths_writes_its_whole_folder(real_d
     workers = {path.name.split("-pid")[0] for path in (run / "logs").glob("worker-*.log")}
     assert workers == {"worker-0", "worker-1"}
     assert (run / "model" / "model.keras").is_file() and (run / "config.yaml").is_file()
+    # Each class's test accuracy; the test set holds 1,000 samples of each, so their mean is the test accuracy.
+    per_class = summary["test_accuracy_per_class"]
+    assert list(per_class)[:2] == ["T-shirt/top", "Trouser"] and len(per_class) == 10
+    assert sum(per_class.values()) / 10 == pytest.approx(summary["test_accuracy"], abs=1e-9)
+    confusion = json.loads((run / "model" / "confusion_matrix.json").read_text())["matrix"]
+    assert [sum(row) for row in confusion] == [1000] * 10
+    assert {path.name for path in (run / "plots").iterdir()} == {"curves.png", "confusion_matrix.png"}
+    assert all(path.read_bytes().startswith(b"\x89PNG") for path in (run / "plots").iterdir())
+
+    # A rerun of the deterministic 2-worker run repeats its every loss and accuracy exactly.
+    rerun = subprocess.run([str(Path(sys.executable).parent / "dltrain"), "rerun", run.name, "--storage", "."],
+                           capture_output=True, text=True, timeout=600, cwd=tmp_path)  # fmt: skip
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    again = tmp_path / rerun.stdout.split()[2]
+    keys = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy"]
+    assert pq.read_table(again / "metrics.parquet").select(keys) == pq.read_table(run / "metrics.parquet").select(keys)
 
 
 @pytest.mark.parametrize(

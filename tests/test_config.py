@@ -21,7 +21,8 @@ def test_defaults_are_the_reference_recipe():
     job = resolve(compose_config())
     assert job["trainer"] | {"callbacks": None} == {
         "epochs": 30, "batch_size": 128, "learning_rate": 0.001, "lr_schedule": "constant", "optimizer": "adam",
-        "seed": 42, "max_failures": 2, "keep_checkpoints": 2, "progress": "auto", "callbacks": None,
+        "seed": 42, "deterministic": False, "max_failures": 2, "keep_checkpoints": 2, "progress": "auto",
+        "callbacks": None,
     }  # fmt: skip
     assert job["model"]["filters"] == [32, 64, 128] and job["model"]["dropout"] == 0.4
     assert job["model"]["padding"] == "valid" and job["model"]["batch_norm"] is False
@@ -35,7 +36,8 @@ def test_defaults_are_the_reference_recipe():
 def test_every_group_option_composes_and_validates(group, option):
     required = {"s3": ["storage.uri=s3://bucket/prefix"]}.get(option, [])
     job = resolve(compose_config(f"{group}={option}", *required))
-    assert set(job) == {"model", "dataset", "resources", "storage", "framework", "trainer", "ray", "resume", "sweep"}
+    sections = {"model", "dataset", "resources", "storage", "framework", "trainer", "ray", "resume", "rerun", "sweep"}
+    assert set(job) == sections
     assert (job["sweep"] is None) == (group != "sweep")
     assert set(job["storage"]) == {"uri", "endpoint_url", "region", "create_bucket", "retry_seconds"}
 

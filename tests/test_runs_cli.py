@@ -1,9 +1,12 @@
 """`dltrain runs ...` as a user runs it, over a real run's folder on local storage and on S3."""
 
+import argparse
 import csv
+import getpass
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -15,6 +18,9 @@ import pyarrow.fs
 import pyarrow.parquet as pq
 import pytest
 from s3server import create_bucket
+
+from dltrain.cli import main as cli
+from dltrain.data import fashion_mnist
 
 DLTRAIN = str(Path(sys.executable).parent / "dltrain")  # the console script, as installed
 LIST_KEYS = {
@@ -28,15 +34,11 @@ def _dltrain(*args: str, env: dict | None = None) -> subprocess.CompletedProcess
 
 
 @pytest.fixture(scope="module")
-def storage(real_data, tmp_path_factory) -> Path:
+def storage(completed_run, tmp_path_factory) -> Path:
     """A storage holding one real 2-epoch run and a copy of it whose driver died (RUNNING, heartbeat 5 min old)."""
     folder = tmp_path_factory.mktemp("runs")
-    trained = _dltrain(
-        "train", "trainer.epochs=2", "dataset.limit=1280", "trainer.batch_size=64", f"dataset.path={real_data}",
-        f"storage.uri={folder}", "trainer.progress=epochs",
-    )  # fmt: skip
-    assert trained.returncode == 0, trained.stderr[-3000:]
-    (completed,) = [path for path in folder.iterdir() if path.is_dir()]
+    completed = folder / completed_run.name
+    shutil.copytree(completed_run, completed)
     lost = _copy_run(completed, folder, f"{completed.name[:-6]}ffffff", "RUNNING", 300)  # sorts after it
     (lost / "summary.json").unlink()
     return folder
@@ -134,10 +136,25 @@ def test_bad_input_exits_2_in_one_line(args, message, tmp_path):
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
-def test_every_command_has_help():
-    for command in (["--help"], ["runs", "--help"], ["runs", "list", "--help"], ["runs", "show", "--help"]):
-        result = _dltrain(*command)
-        assert result.returncode == 0 and result.stdout.startswith("usage: dltrain"), command
+def _commands(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Every command and subcommand the parser has, as the words that name it."""
+    found = [path]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, subparser in action.choices.items():
+                found += _commands(subparser, (*path, name))
+    return found
+
+
+def test_every_command_has_help(capsys):
+    commands = [command for command in _commands(cli.parser()) if command != ("train",)]
+    assert {("runs", "stop"), ("runs", "compare"), ("models", "register"), ("rerun",)} <= set(commands)
+    for command in commands:
+        with pytest.raises(SystemExit) as exit:
+            cli.main([*command, "--help"])
+        assert exit.value.code == 0 and capsys.readouterr().out.startswith(f"usage: dltrain {' '.join(command)}")
+    result = _dltrain("--help")  # the installed console script
+    assert result.returncode == 0 and result.stdout.startswith("usage: dltrain")
     assert "== Configuration groups ==" in _dltrain("train", "--help").stdout  # Hydra's own help
 
 
@@ -252,3 +269,125 @@ def test_runs_delete_removes_whole_folders_and_refuses_running_runs_and_bad_ids(
     assert not first.exists() and not second.exists() and live.is_dir()
     assert _dltrain("runs", "delete", live.name, "--yes", "--force", *options).returncode == 0
     assert not live.exists()
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    """(width, height) of a PNG file, from its header; fails if the file is not a PNG."""
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+@pytest.mark.slow
+def test_runs_compare_puts_config_differences_and_metrics_side_by_side_and_plots(storage, tmp_path):
+    completed, _ = _ids(storage)
+    mine = tmp_path / "runs"
+    first = _copy_run(storage / completed, mine, completed, "COMPLETED")
+    second = _copy_run(storage / completed, mine, f"{completed[:-6]}000002", "COMPLETED")
+    config = (second / "config.yaml").read_text()
+    (second / "config.yaml").write_text(config.replace("learning_rate: 0.001", "learning_rate: 0.01"))
+    plot = tmp_path / "both.png"
+    result = _dltrain("runs", "compare", first.name, second.name, "-o", str(plot), "--storage", str(mine))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "config, where the runs differ:"
+    assert lines[2].split() == ["trainer.learning_rate", "0.0010", "0.0100"]  # rerun, resume: the same (null)
+    assert lines[3] == "final metrics:" and lines[-1] == f"curves: {plot}"
+    summary = json.loads((first / "summary.json").read_text())
+    rows = {line.split()[0]: line.split()[1:] for line in lines[4:-1]}
+    assert rows["test_accuracy"] == [f"{summary['test_accuracy']:.4f}"] * 2 and rows["status"] == ["COMPLETED"] * 2
+    assert _png_size(plot) == (1210, 484)  # 11 x 4.4 inches at 110 dpi
+    found = json.loads(
+        _dltrain("runs", "compare", first.name, second.name, "-o", str(plot), "--json", "--storage", str(mine)).stdout
+    )
+    assert found["config"] == {"trainer.learning_rate": [0.001, 0.01]} and found["runs"] == [first.name, second.name]
+    assert found["metrics"][second.name]["epochs_done"] == 2 and found["plot"] == str(plot)
+    one = tmp_path / "one.png"
+    plotted = _dltrain("runs", "plot", first.name, "-o", str(one), "--storage", str(mine))
+    assert plotted.stdout == f"wrote the curves of 1 run(s) to {one}\n" and _png_size(one) == (1210, 484)
+    for args, message in [
+        (["compare", first.name, first.name], "compare needs two or more different run ids"),
+        (["plot", first.name, "-o", str(tmp_path / "x.jpg")], "the plot is a PNG: give a FILE.png"),
+        (["plot", first.name, "-o", str(tmp_path / "no" / "x.png")], f"no folder {tmp_path / 'no'}"),
+    ]:
+        failed = _dltrain("runs", *args, "--storage", str(mine))
+        assert failed.returncode == 2 and message in failed.stderr and failed.stderr.count("\n") == 1, args
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["both.png", "one.png", "runs"]  # nothing half-written
+
+
+@pytest.mark.slow
+def test_runs_stop_from_another_process_stops_at_an_epoch_end_and_resume_completes(real_data, s3_session_server):
+    server = s3_session_server
+    bucket = create_bucket(server)
+    env = {**os.environ, **server.env()}
+    options = ["--storage", f"s3://{bucket}/runs", "--endpoint-url", server.endpoint_url]
+    training = [
+        "storage=s3", f"storage.uri=s3://{bucket}/runs", f"storage.endpoint_url={server.endpoint_url}",
+        "trainer.epochs=10", "dataset.limit=1280", "trainer.batch_size=64", f"dataset.path={real_data}",
+        "trainer.progress=epochs",
+    ]  # fmt: skip
+    process = subprocess.Popen(
+        [DLTRAIN, "train", *training], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        run_id = process.stdout.readline().split()[2]  # "dltrain: run ID -> s3://..."
+        for line in process.stdout:
+            if line.startswith("epoch 1/10  loss"):
+                break
+        stopping = _dltrain("runs", "stop", run_id, *options, env=env)  # as from another terminal or machine
+        rest = process.stdout.read()
+        process.wait(timeout=120)
+    finally:
+        process.kill()
+    assert stopping.returncode == 0, stopping.stderr
+    assert stopping.stdout == f"dltrain: asked run {run_id} to stop; it stops at the end of its current epoch\n"
+    assert process.returncode == 0, process.stderr.read()[-3000:]
+    done = len(re.findall(r"^epoch \d+/10  loss", rest, re.MULTILINE)) + 1
+    assert 1 <= done < 10 and f"run {run_id} STOPPED: stopped after epoch {done}, as " in rest
+    assert f"resume={run_id} continues it" in rest and "COMPLETED" not in rest
+    shown = json.loads(_dltrain("runs", "show", run_id, "--json", *options, env=env).stdout)
+    status = shown["status"]
+    assert status["status"] == "STOPPED" and f"stopped after epoch {done}, as {getpass.getuser()}@" in status["error"]
+    assert f"checkpoints/epoch-{done:04d}/model.keras" in shown["files"]
+    assert not any(name.startswith("model/") for name in shown["files"]) and "summary.json" not in shown["files"]
+    again = _dltrain("runs", "stop", run_id, *options, env=env)
+    assert (again.returncode, again.stderr) == (2, f"dltrain: error: run {run_id} is STOPPED: only a PENDING or "
+                                                   "RUNNING run can be stopped\n")  # fmt: skip
+    resumed = _dltrain("train", f"resume={run_id}", *training[:3], env=env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert re.findall(r"^epoch (\d+)/10  loss", resumed.stdout, re.MULTILINE) == [
+        str(epoch) for epoch in range(done + 1, 11)
+    ]  # the stop request was for the first run only
+    shown = json.loads(_dltrain("runs", "show", run_id, "--json", *options, env=env).stdout)
+    assert shown["status"]["status"] == "COMPLETED" and "stop_request.json" not in shown["files"]
+
+
+@pytest.mark.slow
+def test_rerun_repeats_a_deterministic_run_exactly_and_records_its_provenance(completed_run, tmp_path, real_data):
+    mine = tmp_path / "runs"
+    shutil.copytree(completed_run, mine / completed_run.name)
+    refused = _dltrain("rerun", completed_run.name, "--storage", str(mine), "trainer.epochs=3")
+    assert refused.returncode == 2 and "trainer.epochs=3 cannot change it" in refused.stderr
+    assert [path.name for path in mine.iterdir()] == [completed_run.name]  # no run was made
+    result = _dltrain("rerun", completed_run.name, "--storage", str(mine))
+    assert result.returncode == 0, result.stderr[-3000:]
+    new_id = result.stdout.split()[2]
+    assert result.stdout.startswith(f"dltrain: run {new_id} (a rerun of {completed_run.name}) -> {mine / new_id}\n")
+    keys = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy")
+    runs = (completed_run, mine / new_id)
+    original, again = (pq.read_table(run / "metrics.parquet").select(keys).to_pylist() for run in runs)
+    assert again == original  # every loss and accuracy of every epoch, to the last bit (trainer.deterministic=true)
+    summaries = [json.loads((run / "summary.json").read_text()) for run in runs]
+    assert summaries[0]["test_accuracy_per_class"] == summaries[1]["test_accuracy_per_class"]
+    provenance = json.loads((mine / new_id / "provenance.json").read_text())
+    assert provenance["command"] == f"python -m dltrain rerun={completed_run.name} storage.uri={mine}"
+    assert provenance["rerun_of"] == completed_run.name
+    first = json.loads((completed_run / "provenance.json").read_text())
+    assert first["command"].startswith("python -m dltrain trainer.epochs=2 dataset.limit=1280 trainer.batch_size=64")
+    assert first["rerun_of"] is None
+    published = {name: md5 for name, md5 in fashion_mnist.FILES.values()}
+    assert provenance["data_md5"] == first["data_md5"] == published
+    # From a checkout (an editable install, as CI's), both runs record the code's commit.
+    checkout = Path(__file__).parent
+    head = subprocess.run(["git", "-C", str(checkout), "rev-parse", "HEAD"], capture_output=True, text=True)
+    assert provenance["git"] == (first["git"] and {"commit": head.stdout.strip(), "dirty": first["git"]["dirty"]})

@@ -1,12 +1,13 @@
 """`dltrain COMMAND ...`: the console script. Each command's module registers its parser and handler."""
 
 import argparse
+import os
 import sys
 
-from dltrain.cli import runs, train
+from dltrain.cli import models, rerun, runs, train
 from dltrain.errors import DltrainError
 
-COMMANDS = (train, runs)
+COMMANDS = (train, rerun, runs, models)
 
 
 class _OneLineErrors(argparse.ArgumentParser):
@@ -38,3 +39,6 @@ def main(argv: list[str] | None = None) -> None:
     except DltrainError as error:
         print(f"dltrain: error: {error}", file=sys.stderr)
         sys.exit(2)
+    except BrokenPipeError:  # `dltrain runs list | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
+        sys.exit(1)

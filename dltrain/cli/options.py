@@ -1,10 +1,13 @@
-"""What every command that reads a run store takes: `--storage URI` (`--endpoint-url`, `--region` for S3)."""
+"""What every command that reads a run store or its model registry takes: `--storage URI` (`--endpoint-url`,
+`--region` for S3)."""
 
 import argparse
+import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from dltrain.errors import DltrainError
+from dltrain.registry import Registry
 from dltrain.runs import RunStore
 from dltrain.storage import check_storage, open_storage
 
@@ -41,3 +44,19 @@ def add_run_command(
     add_storage_options(command)
     command.set_defaults(handler=handler)
     return command
+
+
+def registry(args: argparse.Namespace) -> Registry:
+    """The model registry of the storage the options name."""
+    return Registry(run_store(args).storage)
+
+
+@contextlib.contextmanager
+def one_line_errors() -> Iterator[None]:
+    """A ValueError in the block (a bad name, version or alias) ends the command in one line."""
+    try:
+        yield
+    except DltrainError:
+        raise
+    except ValueError as error:
+        raise DltrainError(str(error)) from None

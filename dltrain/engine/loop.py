@@ -50,7 +50,11 @@ class DistributedLoop:
 
     def _replica_eval_step(self, images: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
         probabilities = self.model(images, training=False)
-        return self._sums(labels, probabilities, self._per_sample_loss(labels, probabilities))
+        sums = self._sums(labels, probabilities, self._per_sample_loss(labels, probabilities))
+        predicted = tf.argmax(probabilities, axis=-1, output_type=labels.dtype)
+        classes = probabilities.shape[-1]
+        confusion = tf.math.confusion_matrix(labels, predicted, num_classes=classes, dtype=tf.float32)
+        return tf.concat([sums, tf.reshape(confusion, [-1])], axis=0)
 
     @tf.function
     def _train_step(self, images: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
@@ -73,12 +77,15 @@ class DistributedLoop:
         count = max(float(sums[_COUNT]), 1.0)
         return {"loss": float(sums[_LOSS]) / count, "accuracy": float(sums[_CORRECT]) / count}
 
-    def evaluate(self, batches: Iterable) -> dict[str, float]:
-        """Loss and accuracy over every worker's shard together (workers may hold different batch counts)."""
-        sums = tf.zeros(3)
+    def evaluate(self, batches: Iterable) -> tuple[dict[str, float], np.ndarray]:
+        """Loss and accuracy over every worker's shard together (workers may hold different batch counts), and
+        the confusion matrix: counts of samples by true class (rows) and predicted class (columns)."""
+        classes = self.model.output_shape[-1]
+        sums = tf.zeros(3 + classes * classes)
         for images, labels in batches:
             sums += self._eval_step(images, labels)
-        return self._metrics(self.sum_over_workers(sums))
+        totals = self.sum_over_workers(sums)
+        return self._metrics(totals), totals[3:].reshape(classes, classes).round().astype(int)
 
     def fit(
         self,
@@ -112,7 +119,8 @@ class DistributedLoop:
             train_seconds = time.perf_counter() - started
             logs = self._metrics(self.sum_over_workers(sums))
             if validation_batches is not None:
-                logs |= {f"val_{name}": value for name, value in self.evaluate(validation_batches()).items()}
+                validation, _ = self.evaluate(validation_batches())
+                logs |= {f"val_{name}": value for name, value in validation.items()}
             logs["seconds"] = time.perf_counter() - started
             logs["samples_per_second"] = steps_per_epoch * self.global_batch_size / train_seconds
             callback_list.on_epoch_end(epoch, logs)

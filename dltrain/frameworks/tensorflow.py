@@ -28,7 +28,7 @@ from dltrain.engine.loop import DistributedLoop
 from dltrain.logs import output_to
 from dltrain.progress import ProgressSender
 from dltrain.retrying_fs import StorageUnavailable, unavailable_in
-from dltrain.runs import TEST_METRICS_FILE, Run
+from dltrain.runs import CONFUSION_MATRIX_FILE, TEST_METRICS_FILE, Run
 from dltrain.stage import stage as worker_stage
 from dltrain.storage import open_storage
 
@@ -109,6 +109,20 @@ class _RayReport(keras.callbacks.Callback):
             self.run.record_epoch(metrics | {"checkpoint_seconds": time.perf_counter() - started})
 
 
+class _StopOnRequest(keras.callbacks.Callback):
+    """At each epoch end rank 0 looks for the run's stop request (`dltrain runs stop`); finding one, it stops
+    training, which the loop makes every worker do after this epoch (whose checkpoint is kept)."""
+
+    def __init__(self, run: Run, rank: int):
+        super().__init__()
+        self.run, self.rank, self.requested = run, rank, False
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if self.rank == 0 and self.run.stop_request() is not None:
+            print(f"worker 0: stop requested; stopping after epoch {epoch + 1}", flush=True)
+            self.model.stop_training = self.requested = True
+
+
 def _progress_sender(job: dict, run: Run, steps: int) -> ProgressSender:
     """Rank 0's progress messages to the driver's console queue; sending never waits for the queue."""
     console = job["console"]
@@ -127,6 +141,8 @@ def _train(job: dict, run: Run, stage: Path, log_file: Path) -> None:
         os.environ.pop("TF_CONFIG", None)  # a lone worker needs no gRPC server: nothing listens on the network
     trainer, dataset = job["trainer"], job["dataset"]
     keras.utils.set_random_seed(trainer["seed"])
+    if trainer["deterministic"]:
+        tf.config.experimental.enable_op_determinism()  # with the seed: the same losses, run after run (on CPU)
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
     if strategy.num_replicas_in_sync != workers:
         raise RuntimeError(f"expected one replica per worker, got {strategy.num_replicas_in_sync} for {workers}")
@@ -151,6 +167,8 @@ def _train(job: dict, run: Run, stage: Path, log_file: Path) -> None:
     if rank == 0 and job["console"] is not None:
         callbacks.append(_progress_sender(job, run, steps))
     callbacks.append(_RayReport(run, stage, rank, log_file))
+    stop = _StopOnRequest(run, rank)
+    callbacks.append(stop)
 
     loop = DistributedLoop(model, strategy, global_batch)
     print(f"worker {rank}/{workers}: {len(train.images)} train, {len(validation.images)} validation samples; "
@@ -165,10 +183,14 @@ def _train(job: dict, run: Run, stage: Path, log_file: Path) -> None:
         (lambda: eval_batches(validation, worker_batch, workers, rank)) if len(validation.images) else None,
         callbacks,
     )
-    test_metrics = loop.evaluate(eval_batches(Split(*test), worker_batch, workers, rank))
+    if loop.sum_over_workers([float(stop.requested)])[0] > 0:
+        return  # stopped on request: no test evaluation and no final model; resume= continues the run
+    test_metrics, confusion = loop.evaluate(eval_batches(Split(*test), worker_batch, workers, rank))
     if rank == 0:
         (stage / "model").mkdir()
         model.save(stage / "model" / _MODEL_FILE)
+        confusion_matrix = {"class_names": list(data.CLASS_NAMES), "matrix": confusion.tolist()}
+        (stage / "model" / CONFUSION_MATRIX_FILE).write_text(json.dumps(confusion_matrix))
         test_metrics = {f"test_{name}": value for name, value in test_metrics.items()}
         (stage / "model" / TEST_METRICS_FILE).write_text(json.dumps(test_metrics))
         run.storage.upload(stage / "model", f"{run.path}/model")

@@ -1,11 +1,7 @@
 """`dltrain runs download ID DEST [--model-only]`: copy a run's folder (or its final model) to a local folder."""
 
 import argparse
-import shutil
-import tempfile
 from pathlib import Path
-
-import pyarrow.fs as pafs
 
 from dltrain.cli.options import add_run_command, run_store
 from dltrain.cli.runs.overview import run_named
@@ -20,7 +16,7 @@ def register(subcommands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    """Copy into a hidden folder beside DEST, then rename it: DEST appears whole or not at all."""
+    """Copy the folder (or model/) to DEST, which appears whole or not at all."""
     selected = run_named(run_store(args), args.run_id)
     destination = args.destination.absolute()
     if destination.exists():
@@ -28,12 +24,5 @@ def run(args: argparse.Namespace) -> None:
     source = f"{selected.path}/model" if args.model_only else selected.path
     if not selected.storage.exists(f"{source}/model.keras" if args.model_only else source):
         raise DltrainError(f"run {selected.id} has no final model yet ({selected.uri}/model)")
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    partial = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", dir=destination.parent))
-    try:
-        pafs.copy_files(source, str(partial), source_filesystem=selected.storage.filesystem, use_threads=False)
-        partial.rename(destination)
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)
-    files = sum(1 for path in destination.rglob("*") if path.is_file())
+    files = selected.storage.download(source, destination)
     print(f"downloaded {files} files of {selected.id} to {destination}")

@@ -4,6 +4,7 @@ import math
 from datetime import datetime, timezone
 from typing import Any
 
+from dltrain import formatting
 from dltrain.errors import DltrainError
 from dltrain.runs import Run, RunStore, observed_status
 
@@ -14,16 +15,6 @@ def run_named(store: RunStore, run_id: str) -> Run:
         return store.get(run_id)
     except ValueError as error:
         raise DltrainError(str(error)) from None
-
-
-def _model_name(config: dict) -> str:
-    """`cnn` for dltrain.models.cnn.build_cnn: the builder's name without build_."""
-    return config.get("model", {}).get("_target_", "?").rsplit(".", 1)[-1].removeprefix("build_")
-
-
-def _workers(resources: dict) -> str:
-    least, most = resources.get("min_workers"), resources.get("num_workers", "?")
-    return f"{least}-{most}" if least not in (None, most) else str(most)
 
 
 def _seconds_between(start: str | None, end: str | None) -> float | None:
@@ -65,10 +56,10 @@ def overview(run: Run, files: dict[str, Any] | None = None) -> dict[str, Any]:
     return {
         "id": run.id,
         "kind": "sweep" if sweep else "run",
-        "model": _model_name(config),
+        "model": formatting.model_name(config.get("model", {})),
         "dataset": config.get("dataset", {}).get("name", "?"),
         "status": observed_status(status),
-        "workers": _workers(config.get("resources", {})),
+        "workers": formatting.workers(config.get("resources", {})),
         "epochs_done": None if sweep else len(history),
         "epochs": config.get("trainer", {}).get("epochs"),
         "best_val_accuracy": best,

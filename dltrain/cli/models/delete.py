@@ -1,0 +1,34 @@
+"""`dltrain models delete NAME:N [--yes]`: remove one version; refused while an alias points at it."""
+
+import argparse
+import sys
+
+from dltrain.cli.options import add_storage_options, one_line_errors, registry
+from dltrain.errors import DltrainError
+from dltrain.registry import parse_reference
+
+
+def register(subcommands: argparse._SubParsersAction) -> None:
+    """Add `models delete`."""
+    command = subcommands.add_parser("delete", help="remove a version", description=__doc__)
+    command.add_argument("reference", metavar="NAME:N", help="the version to remove")
+    command.add_argument("--yes", action="store_true", help="do not ask (needed where there is no terminal to ask)")
+    add_storage_options(command)
+    command.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    """Check the reference, ask, remove."""
+    with one_line_errors():
+        name, version, _ = parse_reference(args.reference)
+    if version is None:
+        raise DltrainError(f"{args.reference!r}: give one version, NAME:N")
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise DltrainError("deleting needs --yes where there is no terminal to ask; nothing was deleted")
+        if input(f"delete {name}:{version}? [y/N] ").strip().lower() not in ("y", "yes"):
+            print("nothing was deleted")
+            return
+    with one_line_errors():
+        registry(args).delete(name, version)
+    print(f"deleted {name}:{version}")

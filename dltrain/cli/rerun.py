@@ -1,0 +1,31 @@
+"""`dltrain rerun ID [storage options] [key=value ...]`: a new run with run ID's saved config.
+
+The same as `python -m dltrain rerun=ID ...`. Only where the run goes (storage.*) and how Ray is reached (ray.*)
+may be set; the model, data and training settings are the original's. With trainer.deterministic=true, a rerun on
+CPU repeats the original's per-epoch losses and accuracies exactly.
+"""
+
+import argparse
+
+from dltrain.cli import train
+from dltrain.cli.options import add_storage_options
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    """Add `rerun`; key=value arguments after the options go to Hydra."""
+    command = commands.add_parser("rerun", help="a new run with a run's saved config", description=__doc__)
+    command.add_argument("run_id", metavar="ID", help="the run to repeat, as `dltrain runs list` shows it")
+    add_storage_options(command)
+    command.set_defaults(handler=run, passes_on=True)
+
+
+def run(args: argparse.Namespace) -> None:
+    """Hand `rerun=ID` and the storage options to the Hydra entry point."""
+    storage = []
+    if args.storage:
+        storage += ["storage=s3"] if args.storage.startswith("s3://") else []
+        storage.append(f"storage.uri={args.storage}")
+    storage += [f"storage.endpoint_url={args.endpoint_url}"] if args.endpoint_url else []
+    storage += [f"storage.region={args.region}"] if args.region else []
+    args.passed_on = [f"rerun={args.run_id}", *storage, *args.passed_on]
+    train.run(args)
