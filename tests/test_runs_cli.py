@@ -323,7 +323,7 @@ def test_runs_stop_from_another_process_stops_at_an_epoch_end_and_resume_complet
     options = ["--storage", f"s3://{bucket}/runs", "--endpoint-url", server.endpoint_url]
     training = [
         "storage=s3", f"storage.uri=s3://{bucket}/runs", f"storage.endpoint_url={server.endpoint_url}",
-        "trainer.epochs=10", "dataset.limit=1280", "trainer.batch_size=64", f"dataset.path={real_data}",
+        "trainer.epochs=6", "dataset.limit=1920", "trainer.batch_size=64", f"dataset.path={real_data}",
         "trainer.progress=epochs",
     ]  # fmt: skip
     process = subprocess.Popen(
@@ -332,7 +332,7 @@ def test_runs_stop_from_another_process_stops_at_an_epoch_end_and_resume_complet
     try:
         run_id = process.stdout.readline().split()[2]  # "dltrain: run ID -> s3://..."
         for line in process.stdout:
-            if line.startswith("epoch 1/10  loss"):
+            if line.startswith("epoch 1/6  loss"):
                 break
         stopping = _dltrain("runs", "stop", run_id, *options, env=env)  # as from another terminal or machine
         rest = process.stdout.read()
@@ -342,8 +342,8 @@ def test_runs_stop_from_another_process_stops_at_an_epoch_end_and_resume_complet
     assert stopping.returncode == 0, stopping.stderr
     assert stopping.stdout == f"dltrain: asked run {run_id} to stop; it stops at the end of its current epoch\n"
     assert process.returncode == 0, process.stderr.read()[-3000:]
-    done = len(re.findall(r"^epoch \d+/10  loss", rest, re.MULTILINE)) + 1
-    assert 1 <= done < 10 and f"run {run_id} STOPPED: stopped after epoch {done}, as " in rest
+    done = len(re.findall(r"^epoch \d+/6  loss", rest, re.MULTILINE)) + 1
+    assert 1 <= done < 6 and f"run {run_id} STOPPED: stopped after epoch {done}, as " in rest
     assert f"resume={run_id} continues it" in rest and "COMPLETED" not in rest
     shown = json.loads(_dltrain("runs", "show", run_id, "--json", *options, env=env).stdout)
     status = shown["status"]
@@ -355,8 +355,8 @@ def test_runs_stop_from_another_process_stops_at_an_epoch_end_and_resume_complet
                                                    "RUNNING run can be stopped\n")  # fmt: skip
     resumed = _dltrain("train", f"resume={run_id}", *training[:3], env=env)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert re.findall(r"^epoch (\d+)/10  loss", resumed.stdout, re.MULTILINE) == [
-        str(epoch) for epoch in range(done + 1, 11)
+    assert re.findall(r"^epoch (\d+)/6  loss", resumed.stdout, re.MULTILINE) == [
+        str(epoch) for epoch in range(done + 1, 7)
     ]  # the stop request was for the first run only
     shown = json.loads(_dltrain("runs", "show", run_id, "--json", *options, env=env).stdout)
     assert shown["status"]["status"] == "COMPLETED" and "stop_request.json" not in shown["files"]
