@@ -13,6 +13,7 @@ from dltrain.console import Console, EpochRelay
 from dltrain.errors import DltrainError
 from dltrain.frameworks import tensorflow as framework
 from dltrain.provenance import provenance
+from dltrain.registry import Registry
 from dltrain.runs import Run, RunStore
 from dltrain.stage import remove_left_behind, temporary_name
 from dltrain.storage import Storage, check_storage, open_storage
@@ -97,9 +98,9 @@ def _check_rerun_overrides(run_id: str, overrides: list[str]) -> None:
 
 
 def _run_named(key: str, run_id: str, storage: Storage) -> Run:
-    """The run `resume=` or `rerun=` names."""
+    """The run `resume=` or `rerun=` names (for rerun=, also a registered model's NAME:N or NAME@alias)."""
     try:
-        return RunStore(storage).get(run_id)
+        return RunStore(storage).get(Registry(storage).run_id_of(run_id) if key == "rerun" else run_id)
     except ValueError as error:
         raise DltrainError(f"{key}={run_id}: {error}") from error
 

@@ -173,6 +173,7 @@ def execute(
         "wall_seconds": round(time.time() - started, 1),
     }
     _plot(run, job, history, confusion)
+    run.clear_stop_request()  # one that came after the last epoch's check: the run completed all the same
     run.write_summary(summary)
     run.set_status("COMPLETED")
     return summary

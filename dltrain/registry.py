@@ -71,11 +71,6 @@ def parse_reference(reference: str) -> tuple[str, int | None, str | None]:
     return match["name"], int(match["version"]) if match["version"] else None, match["alias"]
 
 
-def is_reference(text: str) -> bool:
-    """Whether `text` addresses a registered model (NAME:N or NAME@alias) rather than a run id."""
-    return ":" in text or "@" in text
-
-
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -178,6 +173,12 @@ class Registry:
         if records[version]["status"] != READY:
             raise ValueError(f"{name}:{version} is {records[version]['status']}, not READY")
         return records[version]
+
+    def run_id_of(self, text: str) -> str:
+        """`text` if it is not a model reference; else the id of the run that NAME:N or NAME@alias came from."""
+        if ":" not in text and "@" not in text:  # a run id has neither
+            return text
+        return self.get(text)["run_id"]
 
     def model_path(self, record: dict) -> str:
         """The storage path of a version's model/ folder (model.keras, test metrics, confusion matrix)."""

@@ -76,6 +76,9 @@ def test_register_twice_move_an_alias_download_by_alias_and_delete(storage, tmp_
     assert _dltrain("models", "delete", "fashion:2", "--yes", *options).stdout == "deleted fashion:2\n"
     assert not (storage / "models" / "fashion" / "2").exists()
 
+    # Where a run id is accepted, NAME:N and NAME@alias name the run the version came from.
+    shown = json.loads(_dltrain("runs", "show", "fashion@production", "--json", *options).stdout)
+    assert shown["overview"]["id"] == run_id
     # A version is a copy: it outlives its run's folder.
     assert _dltrain("runs", "delete", run_id, "--yes", *options).returncode == 0
     model = tmp_path / "production"

@@ -40,7 +40,8 @@ def add_run_command(
 ) -> argparse.ArgumentParser:
     """A subcommand about one run: `NAME ID [its own options] [storage options]`, run by `handler(args)`."""
     command = subcommands.add_parser(name, help=summary, description=description)
-    command.add_argument("run_id", metavar="ID", help="a run id, as `dltrain runs list` shows it")
+    command.add_argument("run_id", metavar="ID", help="a run id, as `dltrain runs list` shows it, or NAME:N or "
+                         "NAME@alias: the run a registered model came from")  # fmt: skip
     add_storage_options(command)
     command.set_defaults(handler=handler)
     return command

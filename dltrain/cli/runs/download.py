@@ -12,7 +12,7 @@ def register(subcommands: argparse._SubParsersAction) -> None:
     """Add `runs download`."""
     command = add_run_command(subcommands, "download", "copy a run's files to a local folder", __doc__, run)
     command.add_argument("destination", metavar="DEST", type=Path, help="a local folder that does not exist yet")
-    command.add_argument("--model-only", action="store_true", help="only model/: model.keras, test_metrics.json")
+    command.add_argument("--model-only", action="store_true", help="only model/ (the final model)")
 
 
 def run(args: argparse.Namespace) -> None:
