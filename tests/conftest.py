@@ -1,9 +1,11 @@
-"""Shared fixtures: composed configs, the real Fashion-MNIST folder, one embedded Ray for engine tests, and one
-real completed run for the tests of the commands that read runs."""
+"""Shared fixtures: composed configs, the real Fashion-MNIST folder, one embedded Ray for engine tests, one real
+completed run for the tests of the commands that read runs, and one real 2-worker run."""
 
 import os
 import subprocess
 import sys
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -66,3 +68,34 @@ def completed_run(real_data, tmp_path_factory) -> Path:
     assert trained.returncode == 0, trained.stderr[-3000:]
     (run,) = [path for path in storage.iterdir() if path.is_dir()]
     return run
+
+
+def temporary_files() -> set[str]:
+    """What dltrain, TensorFlow and Ray could leave in the system's temporary folder."""
+    return {name for name in os.listdir(tempfile.gettempdir()) if name.startswith(("dltrain", "__autograph", "ray"))}
+
+
+# The recipe of the shared 2-worker run; test_s3.py trains it again on S3, from S3 data, and gets the same metrics.
+TWO_WORKER_RECIPE = ["resources.num_workers=2", "trainer.epochs=2", "dataset.limit=1280", "trainer.batch_size=64",
+                     "trainer.deterministic=true"]  # fmt: skip
+
+
+@dataclass
+class TwoWorkerRun:
+    result: subprocess.CompletedProcess
+    storage: Path  # the run's folder is the one folder in it
+    left_behind: set[str]  # what the run added to the temporary folder
+
+
+@pytest.fixture(scope="session")
+def two_worker_run(real_data, tmp_path_factory) -> TwoWorkerRun:
+    """One real deterministic run on 2 CPU workers, started as a user would: `python -m dltrain` with relative paths
+    (the workers, which Ray runs in folders of their own, must find them), from the storage folder itself."""
+    storage = tmp_path_factory.mktemp("two_workers")
+    before = temporary_files()
+    result = subprocess.run(
+        [sys.executable, "-m", "dltrain", "model=fashion", "resources=medium", "resources.use_gpu=false",
+         *TWO_WORKER_RECIPE, f"dataset.path={os.path.relpath(real_data, storage)}", "storage.uri=."],
+        capture_output=True, text=True, timeout=600, cwd=storage,
+    )  # fmt: skip
+    return TwoWorkerRun(result, storage, temporary_files() - before)

@@ -1,4 +1,5 @@
-"""`python -m dltrain ...` as a user runs it: whole runs in a subprocess, bad input, infeasible requests, Ctrl-C."""
+"""`python -m dltrain ...` as a user runs it: whole runs in a subprocess, bad input, infeasible requests, resume
+(Ctrl-C and `dltrain runs stop`: tests/test_runs_cli.py)."""
 
 import contextlib
 import json
@@ -31,26 +32,15 @@ def _epoch_lines(stdout: str) -> list[str]:
     return [line.split("  ")[0] for line in stdout.splitlines() if re.match(r"epoch \d+/\d+  loss ", line)]
 
 
-def _temporary_files() -> set[str]:
-    """What dltrain, TensorFlow and Ray could leave in the system's temporary folder."""
-    return {name for name in os.listdir(tempfile.gettempdir()) if name.startswith(("dltrain", "__autograph", "ray"))}
-
-
 def _only_run(storage: Path) -> Path:
     (run,) = [path for path in storage.iterdir() if path.is_dir()]
     return run
 
 
 @pytest.mark.slow
-def test_a_two_cpu_worker_run_from_relative_paths_writes_its_whole_folder(real_data, tmp_path):
-    # Relative paths, as a user types them: the workers, which Ray runs in folders of its own, must find them.
+def test_a_two_cpu_worker_run_from_relative_paths_writes_its_whole_folder(two_worker_run):
     # (4 workers of resources=large run across two nodes in test_cluster.py.)
-    before = _temporary_files()
-    result = _dltrain(
-        "model=fashion", "resources=medium", "resources.use_gpu=false", "trainer.epochs=2", "dataset.limit=1280",
-        "trainer.batch_size=64", f"dataset.path={os.path.relpath(real_data, tmp_path)}", "storage.uri=.",
-        "trainer.deterministic=true", cwd=tmp_path,
-    )  # fmt: skip
+    result, tmp_path = two_worker_run.result, two_worker_run.storage
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.splitlines()
     assert lines[0].startswith("dltrain: run ") and "2 worker(s)" in lines[1]
@@ -65,7 +55,7 @@ def test_a_two_cpu_worker_run_from_relative_paths_writes_its_whole_folder(real_d
     assert "COMPLETED: test_accuracy" in lines[-1]
     # Nothing new is left (no driver log, worker stage, autograph file or Ray session); the run may well have removed
     # what earlier, killed processes left behind.
-    assert _temporary_files() <= before
+    assert not two_worker_run.left_behind
     assert not any(noise in result.stdout + result.stderr for noise in ("I0000", "oneDNN", "absl", "Traceback"))
     run = _only_run(tmp_path)
     assert lines[-1].endswith(str(run))
@@ -83,14 +73,6 @@ def test_a_two_cpu_worker_run_from_relative_paths_writes_its_whole_folder(real_d
     assert [sum(row) for row in confusion] == [1000] * 10
     assert {path.name for path in (run / "plots").iterdir()} == {"curves.png", "confusion_matrix.png"}
     assert all(path.read_bytes().startswith(b"\x89PNG") for path in (run / "plots").iterdir())
-
-    # A rerun of the deterministic 2-worker run repeats its every loss and accuracy exactly.
-    rerun = subprocess.run([str(Path(sys.executable).parent / "dltrain"), "rerun", run.name, "--storage", "."],
-                           capture_output=True, text=True, timeout=600, cwd=tmp_path)  # fmt: skip
-    assert rerun.returncode == 0, rerun.stderr[-3000:]
-    again = tmp_path / rerun.stdout.split()[2]
-    keys = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy"]
-    assert pq.read_table(again / "metrics.parquet").select(keys) == pq.read_table(run / "metrics.parquet").select(keys)
 
 
 @pytest.mark.parametrize(
@@ -129,29 +111,6 @@ def test_gpus_that_do_not_exist_fail_in_seconds(real_data, tmp_path):
     assert time.monotonic() - started < 120
     status = json.loads((_only_run(tmp_path) / "status.json").read_text())
     assert status["status"] == "FAILED" and "resources need" in status["error"]
-
-
-@pytest.mark.slow
-def test_ctrl_c_stops_the_run_and_keeps_its_checkpoints(real_data, tmp_path):
-    process = subprocess.Popen(
-        [sys.executable, "-m", "dltrain", "trainer.epochs=50", "dataset.limit=1280", "trainer.batch_size=64",
-         f"dataset.path={real_data}", f"storage.uri={tmp_path}"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        for line in process.stdout:
-            if line.startswith("epoch 2/50  loss"):  # the epoch line, not a progress line
-                break
-        process.send_signal(signal.SIGINT)
-        process.wait(timeout=90)
-    finally:
-        process.kill()
-    assert process.returncode == 130
-    run = _only_run(tmp_path)
-    status = json.loads((run / "status.json").read_text())
-    assert status["status"] == "STOPPED" and status["error"] == "interrupted by the user"
-    assert not (run / "summary.json").exists()
-    assert (run / "checkpoints" / "epoch-0002" / "model.keras").is_file()
 
 
 @pytest.mark.slow

@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -321,16 +322,16 @@ def test_runs_compare_puts_config_differences_and_metrics_side_by_side_and_plots
 
 
 @pytest.mark.slow
-def test_runs_stop_from_another_process_stops_at_an_epoch_end_and_resume_completes(real_data, s3_session_server):
+def test_runs_stop_from_another_process_stops_at_an_epoch_end_and_ctrl_c_stops_the_resumed_run(
+    real_data, s3_session_server
+):
     server = s3_session_server
     bucket = create_bucket(server)
     env = {**os.environ, **server.env()}
     options = ["--storage", f"s3://{bucket}/runs", "--endpoint-url", server.endpoint_url]
-    training = [
-        "storage=s3", f"storage.uri=s3://{bucket}/runs", f"storage.endpoint_url={server.endpoint_url}",
-        "trainer.epochs=3", "dataset.limit=1280", "trainer.batch_size=64", f"dataset.path={real_data}",
-        "trainer.progress=epochs",
-    ]  # fmt: skip
+    storage = ["storage=s3", f"storage.uri=s3://{bucket}/runs", f"storage.endpoint_url={server.endpoint_url}"]
+    training = [*storage, "trainer.epochs=50", "dataset.limit=1280", "trainer.batch_size=64",
+                f"dataset.path={real_data}", "trainer.progress=epochs"]  # fmt: skip
     process = subprocess.Popen(
         [DLTRAIN, "train", *training], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
     )
@@ -345,7 +346,7 @@ def test_runs_stop_from_another_process_stops_at_an_epoch_end_and_resume_complet
     assert stopping.returncode == 0, stopping.stderr
     assert stopping.stdout == f"dltrain: asked run {run_id} to stop; it stops at the end of its current epoch\n"
     assert process.returncode == 0, process.stderr.read()[-3000:]
-    assert re.findall(r"^epoch (\d)/3  loss", rest, re.MULTILINE) == ["1"]
+    assert re.findall(r"^epoch (\d+)/50  loss", rest, re.MULTILINE) == ["1"]
     assert f"run {run_id} STOPPED: stopped after epoch 1, as " in rest and "COMPLETED" not in rest
     assert f"resume={run_id} continues it" in rest
     shown = json.loads(_dltrain("runs", "show", run_id, "--json", *options, env=env).stdout)
@@ -356,11 +357,25 @@ def test_runs_stop_from_another_process_stops_at_an_epoch_end_and_resume_complet
     again = _dltrain("runs", "stop", run_id, *options, env=env)
     assert (again.returncode, again.stderr) == (2, f"dltrain: error: run {run_id} is STOPPED: only a PENDING or "
                                                    "RUNNING run can be stopped\n")  # fmt: skip
-    resumed = _dltrain("train", f"resume={run_id}", *training[:3], env=env)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert re.findall(r"^epoch (\d)/3  loss", resumed.stdout, re.MULTILINE) == ["2", "3"]  # the request was cleared
+
+    # Resumed, the run goes past epoch 2 (the request is cleared); Ctrl-C then stops it, keeping its checkpoints.
+    process = subprocess.Popen(
+        [DLTRAIN, "train", f"resume={run_id}", *storage], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=env,
+    )  # fmt: skip
+    try:
+        for line in process.stdout:
+            if line.startswith("epoch 3/50  loss"):  # the epoch line, not a progress line
+                break
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=90)
+    finally:
+        process.kill()
+    assert process.returncode == 130, process.stderr.read()[-3000:]
     shown = json.loads(_dltrain("runs", "show", run_id, "--json", *options, env=env).stdout)
-    assert shown["status"]["status"] == "COMPLETED" and "stop_request.json" not in shown["files"]
+    assert (shown["status"]["status"], shown["status"]["error"]) == ("STOPPED", "interrupted by the user")
+    assert "checkpoints/epoch-0003/model.keras" in shown["files"] and "stop_request.json" not in shown["files"]
+    assert "summary.json" not in shown["files"] and len(shown["status"]["resumed"]) == 1
 
 
 @pytest.mark.slow

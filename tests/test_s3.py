@@ -12,6 +12,7 @@ from pathlib import Path
 import keras
 import pyarrow.parquet as pq
 import pytest
+from conftest import TWO_WORKER_RECIPE
 from s3server import S3Server, create_bucket, free_ports
 
 from dltrain.data import fashion_mnist
@@ -49,14 +50,16 @@ def _run_ids(objects: dict[str, bytes]) -> set[str]:
     return {key.split("/")[1] for key in objects if re.fullmatch(r"\d{8}-\d{6}-[0-9a-f]{6}", key.split("/")[1])}
 
 
-def test_two_worker_run_keeps_its_whole_folder_in_s3_and_reads_s3_data(s3_session_server, real_data, tmp_path):
+def test_two_worker_run_keeps_its_whole_folder_in_s3_and_reads_s3_data(
+    s3_session_server, real_data, tmp_path, two_worker_run
+):
     server = s3_session_server
     bucket = create_bucket(server)
     for name, _ in fashion_mnist.FILES.values():
         server.client().upload_file(str(real_data / name), bucket, f"data/fashion-mnist/{name}")
     result = _dltrain(
-        *_storage(server, bucket), f"dataset.path=s3://{bucket}/data/fashion-mnist", "resources.num_workers=2",
-        "trainer.epochs=2", *SMALL, env=_env(server, tmp_path),
+        *_storage(server, bucket), f"dataset.path=s3://{bucket}/data/fashion-mnist", *TWO_WORKER_RECIPE,
+        env=_env(server, tmp_path),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"-> s3://{bucket}/runs/" in result.stdout.splitlines()[0]
@@ -84,6 +87,12 @@ def test_two_worker_run_keeps_its_whole_folder_in_s3_and_reads_s3_data(s3_sessio
     assert not any(name.endswith(".partial") for name in names)
     summary = json.loads(objects[f"runs/{run_id}/summary.json"])
     assert (summary["status"], summary["epochs"], summary["num_workers"]) == ("COMPLETED", 2, 2)
+    # Deterministic 2 workers: the same recipe trained locally from local files (two_worker_run) took the same
+    # steps, to the last bit of every epoch's loss and accuracy.
+    keys = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy"]
+    (local,) = [path for path in two_worker_run.storage.iterdir() if path.is_dir()]
+    history = pq.read_table(io.BytesIO(objects[f"runs/{run_id}/metrics.parquet"])).select(keys)
+    assert history.to_pylist() == pq.read_table(local / "metrics.parquet").select(keys).to_pylist()
 
     model_file = tmp_path / "model.keras"
     model_file.write_bytes(objects[f"runs/{run_id}/model/model.keras"])
