@@ -11,7 +11,8 @@ are claimed, not computed and written: a registration creates version N's record
 (Storage.create_exclusive: a hard link locally, a conditional PUT on S3), and one that loses the race to another
 registration tries N+1. Two registrations at the same moment therefore never share a number. The record says
 REGISTERING until the files are copied, then READY; a registration that died half-way leaves its number taken and
-its version REGISTERING, never a version that looks complete.
+its version REGISTERING, never a version that looks complete. A deleted version keeps its record, saying DELETED,
+so that a number never names two models.
 
 A registered model is addressed NAME:N or NAME@alias (NAME alone: its newest READY version).
 """
@@ -26,7 +27,7 @@ from dltrain.storage import Storage
 
 MODELS_FOLDER = "models"
 VERSION_FILE = "version.json"
-READY, REGISTERING = "READY", "REGISTERING"
+READY, REGISTERING, DELETED = "READY", "REGISTERING", "DELETED"
 # What a version copies from its run folder: the final model (model/ whole) and the files that explain it.
 _RUN_FILES = ("config.yaml", "metrics.parquet", "summary.json", "provenance.json")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
@@ -195,14 +196,24 @@ class Registry:
         return before
 
     def delete(self, name: str, version: int) -> None:
-        """Remove version `version` of `name`; ValueError if an alias points at it or it does not exist."""
-        numbers = self._version_numbers(check_name(name))
-        if version not in numbers:
-            raise ValueError(f"model {name!r} has no version {version} (versions: {', '.join(map(str, numbers))})")
+        """Remove the files of version `version` of `name`, whose record then says DELETED; ValueError if an alias
+        points at it or it does not exist."""
+        records = {record["version"]: record for record in self.versions(name)}
+        if records.get(version, {}).get("status") in (None, DELETED):
+            live = ", ".join(str(number) for number, record in records.items() if record["status"] != DELETED)
+            raise ValueError(f"model {name!r} has no version {version} (versions: {live or 'none'})")
         pointing = sorted(alias for alias, target in self.aliases(name).items() if target == version)
         if pointing:
             raise ValueError(
                 f"{name}:{version} is {', '.join('@' + alias for alias in pointing)}: "
                 f"move the alias first (dltrain models alias {name} N {pointing[0]})"
             )
-        self.storage.filesystem.delete_dir(self._path(name, version))
+        folder = self._path(name, version)
+        record = self._read(name, version, VERSION_FILE) | {"status": DELETED, "deleted": _now()}
+        # The record stays, saying DELETED, so that the number is never given to another model.
+        self.storage.write_bytes(f"{folder}/{VERSION_FILE}", json.dumps(record, indent=2).encode())
+        for subfolder in self.storage.list_folders(folder):  # model/
+            self.storage.filesystem.delete_dir(f"{folder}/{subfolder}")
+        for relative in self.storage.list_files(folder):
+            if relative != VERSION_FILE:
+                self.storage.filesystem.delete_file(f"{folder}/{relative}")

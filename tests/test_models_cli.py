@@ -74,7 +74,13 @@ def test_register_twice_move_an_alias_download_by_alias_and_delete(storage, tmp_
     refused = _dltrain("models", "delete", "fashion:1", "--yes", *options)
     assert refused.returncode == 2 and "fashion:1 is @production, @staging: move the alias first" in refused.stderr
     assert _dltrain("models", "delete", "fashion:2", "--yes", *options).stdout == "deleted fashion:2\n"
-    assert not (storage / "models" / "fashion" / "2").exists()
+    deleted = storage / "models" / "fashion" / "2"
+    assert [path.name for path in deleted.iterdir()] == ["version.json"]  # only the record, saying DELETED
+    assert json.loads((deleted / "version.json").read_text())["status"] == "DELETED"
+    gone = _dltrain("models", "download", "fashion:2", str(tmp_path / "gone"), *options)
+    assert gone.returncode == 2 and "fashion:2 is DELETED, not READY" in gone.stderr
+    third = _dltrain("models", "register", run_id, "--name", "fashion", *options)
+    assert third.stdout.startswith("registered fashion:3 ")  # a number never names two models
 
     # Where a run id is accepted, NAME:N and NAME@alias name the run the version came from.
     shown = json.loads(_dltrain("runs", "show", "fashion@production", "--json", *options).stdout)
@@ -179,5 +185,6 @@ def test_concurrent_registrations_and_the_commands_on_s3(completed_run, s3_sessi
     assert refused.returncode == 2 and "racing:3 is @production" in refused.stderr
     assert _dltrain("models", "delete", "racing:4", "--yes", *options).stdout == "deleted racing:4\n"
     keys = [item["Key"] for item in server.client().list_objects_v2(Bucket=bucket, Prefix="runs/models/")["Contents"]]
-    assert not any(key.startswith("runs/models/racing/4/") for key in keys)
+    left = [key for key in keys if key.startswith("runs/models/racing/4/") and not key.endswith("/")]  # no markers
+    assert left == ["runs/models/racing/4/version.json"]
     assert any(key == "runs/models/racing/3/model/model.keras" for key in keys)

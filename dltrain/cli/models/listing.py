@@ -5,7 +5,7 @@ import argparse
 from dltrain import formatting
 from dltrain.cli.options import add_storage_options, one_line_errors, registry
 from dltrain.cli.runs.overview import moment, number
-from dltrain.registry import READY
+from dltrain.registry import DELETED, READY
 
 
 def register(subcommands: argparse._SubParsersAction) -> None:
@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> None:
             latest = ready[-1] if ready else None
             items.append({
                 "name": name,
-                "versions": len(versions),
+                "versions": sum(record["status"] != DELETED for record in versions),
                 "latest_version": latest and latest["version"],
                 "latest_test_accuracy": latest and latest["metrics"].get("test_accuracy"),
                 "latest_created": latest and latest["created"],
