@@ -241,9 +241,11 @@ class Run:
         path = f"{self.path}/metrics.parquet"
         if not self.storage.exists(path):
             return []
-        # Unthreaded: a threaded read of an in-memory file leaves work behind that can abort the process at exit
-        # ("terminate called without an active exception", apache/arrow#33975); the file is a few KB.
-        return pq.read_table(pa.BufferReader(self.storage.read_bytes(path)), use_threads=False).to_pylist()
+        # On this thread only: a read that hands work to Arrow's thread pools (use_threads for decoding, pre_buffer
+        # for I/O) can abort the process at exit ("terminate called without an active exception",
+        # apache/arrow#33975; `dltrain runs list` did, once in CI with use_threads=False alone). A few KB.
+        data = pa.BufferReader(self.storage.read_bytes(path))
+        return pq.read_table(data, use_threads=False, pre_buffer=False).to_pylist()
 
     def has_final_model(self) -> bool:
         """Whether training has ended with the final model stored (and its test metrics beside it)."""

@@ -93,9 +93,15 @@ def two_worker_run(real_data, tmp_path_factory) -> TwoWorkerRun:
     (the workers, which Ray runs in folders of their own, must find them), from the storage folder itself."""
     storage = tmp_path_factory.mktemp("two_workers")
     before = temporary_files()
-    result = subprocess.run(
+    driver = subprocess.Popen(
         [sys.executable, "-m", "dltrain", "model=fashion", "resources=medium", "resources.use_gpu=false",
          *TWO_WORKER_RECIPE, f"dataset.path={os.path.relpath(real_data, storage)}", "storage.uri=."],
-        capture_output=True, text=True, timeout=600, cwd=storage,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=storage,
     )  # fmt: skip
-    return TwoWorkerRun(result, storage, temporary_files() - before)
+    stdout, stderr = driver.communicate(timeout=600)
+    result = subprocess.CompletedProcess(driver.args, driver.returncode, stdout, stderr)
+    run_id = stdout.split()[2] if stdout.startswith("dltrain: run ") else "?"
+    # dltrain's own temporary files name the run or the driver's pid: another process's files are not this run's.
+    added = temporary_files() - before
+    ours = {name for name in added if not name.startswith("dltrain") or run_id in name or f"-pid{driver.pid}-" in name}
+    return TwoWorkerRun(result, storage, ours)
