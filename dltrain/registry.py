@@ -101,7 +101,8 @@ class Registry:
         check_name(name)
         if alias is not None:
             check_alias(alias)
-        status = observed_status(run.status())
+        run_status = run.status()
+        status = observed_status(run_status)
         if status != "COMPLETED" or not run.has_final_model():
             raise ValueError(f"run {run.id} is {status}: only a COMPLETED run's final model can be registered")
         record = {
@@ -113,7 +114,7 @@ class Registry:
             "created": _now(),
             "tags": tags,
             "metrics": run.test_metrics(),
-            "library_versions": run.status().get("versions", {}),
+            "library_versions": run_status.get("versions", {}),
             "provenance": run.provenance(),  # command line, git commit, data md5s (None for older runs)
         }
         version = (self._version_numbers(name) or [0])[-1] + 1

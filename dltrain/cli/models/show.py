@@ -25,8 +25,8 @@ def run(args: argparse.Namespace) -> None:
         if version is None and alias is None:
             found = {"name": name, "versions": models.versions(name), "aliases": models.aliases(name)}
         else:
-            found = models.get(args.reference) | {"uri": None}
-            found["uri"] = models.uri_of(found["name"], found["version"])
+            record = models.get(args.reference)
+            found = record | {"uri": models.uri_of(record["name"], record["version"])}
     if args.json:
         print(formatting.to_json(found))
     elif "versions" in found:
