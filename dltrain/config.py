@@ -21,6 +21,7 @@ from dltrain.storage import DEFAULT_RETRY_SECONDS
 FRAMEWORKS = ("tensorflow",)
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 LR_SCHEDULES = ("constant", "cosine")
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")  # Keras dtype policies a model is built under
 PROGRESS_MODES = ("auto", "bar", "lines", "epochs", "none")  # how the console shows an epoch's progress
 EPOCH_METRICS = ("val_accuracy", "val_loss", "accuracy", "loss")  # what every epoch reports, so what a sweep ranks
 SCHEDULERS = ("asha", "median", "fifo")
@@ -55,6 +56,9 @@ _RULES: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
         "max_failures": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
         "keep_checkpoints": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
         "progress": (lambda v: v in PROGRESS_MODES, "one of " + ", ".join(PROGRESS_MODES)),
+        "steps_per_execution": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+        "precision": (lambda v: v in PRECISIONS, "one of " + ", ".join(PRECISIONS)),
+        "jit_compile": (lambda v: v == "auto" or isinstance(v, bool), "auto, true or false"),
         "callbacks": (
             lambda v: isinstance(v, dict) and all(isinstance(c, dict) and "_target_" in c for c in v.values()),
             "a mapping of names to {_target_: a Keras callback class, ...its arguments}",
@@ -65,6 +69,7 @@ _RULES: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
         "use_gpu": (lambda v: isinstance(v, bool), "true or false"),
         "cpus_per_worker": (_optional(lambda v: _is_number(v) and v > 0), "null or a number > 0"),
         "min_workers": (_optional(lambda v: _is_int(v) and v >= 1), "null or an integer >= 1"),
+        "local_mode": (lambda v: v == "auto" or isinstance(v, bool), "auto, true or false"),
     },
     "dataset": {
         "name": (lambda v: v in DATASETS, "one of " + ", ".join(DATASETS)),
@@ -94,7 +99,7 @@ _RULES: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
 # Keys a config group option may leave out, and what they then mean (storage=local has no S3 settings).
 _DEFAULTS = {
     "storage": {"endpoint_url": None, "region": None, "create_bucket": False, "retry_seconds": DEFAULT_RETRY_SECONDS},
-    "resources": {"min_workers": None},
+    "resources": {"min_workers": None, "local_mode": "auto"},
     "ray": {"wait_for_workers_s": DEFAULT_WAIT_FOR_WORKERS_S},
 }
 _SECTIONS = (*_RULES, "model", "resume", "rerun", "sweep")
@@ -230,6 +235,19 @@ def _check_job(job: dict) -> None:
             f"trainer.batch_size={trainer['batch_size']} is not divisible by {', '.join(map(str, uneven))} workers: "
             f"an elastic run (resources.min_workers={least} to num_workers={resources['num_workers']}) splits the "
             "global batch evenly over however many it has"
+        )
+    if resources["local_mode"] is True and worker_range(resources) != (1, 1):
+        raise DltrainError(
+            f"resources.local_mode=true trains in the driver's process, one worker: resources.num_workers="
+            f"{resources['num_workers']} (min_workers={resources['min_workers']}) needs local_mode=auto or false"
+        )
+    if resources["local_mode"] is True and job["sweep"] is not None:
+        raise DltrainError("resources.local_mode=true cannot be used with a sweep: each trial has its own Ray Train "
+                           "worker; use local_mode=auto or false")  # fmt: skip
+    if trainer["jit_compile"] is True and not resources["use_gpu"] and resources["num_workers"] > 1:
+        raise DltrainError(
+            f"trainer.jit_compile=true with resources.num_workers={resources['num_workers']} CPU workers: XLA "
+            "compiles the gradient all-reduce on GPUs only; use jit_compile=auto or false"
         )
     if dataset["limit"] is not None:
         train_samples = dataset["limit"] - round(dataset["limit"] * dataset["validation_split"])

@@ -87,6 +87,16 @@ class _EpochBar(tqdm):
         return super().format_dict | {"figures": self.figures}
 
 
+def epoch_message(metrics: dict, run_id: str, epochs: int) -> dict:
+    """The console's message for one epoch's reported metrics."""
+    return metrics | {"kind": "epoch", "run_id": run_id, "epochs": epochs}
+
+
+def sender(handle: "ActorHandle | queue.Queue") -> Callable[[dict], None]:
+    """A function that puts a message on a console's queue, `Console.handle`, without waiting."""
+    return handle.put_nowait.remote if isinstance(handle, ActorHandle) else handle.put_nowait
+
+
 class EpochRelay(ray.train.UserCallback):
     """In Ray Train's controller: passes rank 0's report of each epoch to the console, after the controller has
     registered the epoch's checkpoint (reports arrive once every worker has made its own)."""
@@ -96,19 +106,26 @@ class EpochRelay(ray.train.UserCallback):
 
     def after_report(self, run_context, metrics: list[dict], checkpoint) -> None:
         if metrics:
-            message = metrics[0] | {"kind": "epoch", "run_id": self.run_id, "epochs": self.epochs}
-            self.console.put_nowait.remote(message)
+            self.console.put_nowait.remote(epoch_message(metrics[0], self.run_id, self.epochs))
 
 
 class Console:
     """Shows the messages that reach its queue while the block runs, in a `trainer.progress` mode.
 
-    `handle` is the queue's actor, for the workers and the relay. `latest` holds each run's newest progress
-    (a sweep's trial table reads it). Epochs print in order, each once: a repeated or older epoch is skipped.
+    `handle` is the queue: a Ray queue's actor, for the workers and the relay, or, for a run `in_process` (Ray
+    Train's local mode, no Ray), a plain queue. `latest` holds each run's newest progress (a sweep's trial table
+    reads it). Epochs print in order, each once: a repeated or older epoch is skipped.
     """
 
-    def __init__(self, mode: str, stream: TextIO = sys.stdout, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        mode: str,
+        stream: TextIO = sys.stdout,
+        clock: Callable[[], float] = time.monotonic,
+        in_process: bool = False,
+    ):
         self.mode = resolve_mode(mode, stream)
+        self.in_process = in_process
         self.stream, self.clock = stream, clock
         self.latest: dict[str, dict] = {}
         self._printed: dict[str, int] = {}  # run id -> its last epoch line
@@ -119,7 +136,7 @@ class Console:
         self._line_quarter = 0
         self._bar: tqdm | None = None
         self._bar_epoch: tuple[str, int] | None = None
-        self._queue: Queue | None = None
+        self._queue: Queue | queue.Queue | None = None
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._drain, name="dltrain-console", daemon=True)
 
@@ -129,11 +146,11 @@ class Console:
         return self.mode in ("bar", "lines")
 
     @property
-    def handle(self) -> ActorHandle:
-        """The queue's actor: `handle.put_nowait.remote(message)` shows a message."""
+    def handle(self) -> "ActorHandle | queue.Queue":
+        """The queue's actor, or the in-process queue: `sender(handle)(message)` shows a message."""
         if self._queue is None:
             raise RuntimeError("the console is not open: use it in a with block")
-        return self._queue.actor
+        return self._queue if self.in_process else self._queue.actor
 
     def show(self, message: dict) -> None:
         """Print (or not, by the mode) one progress or epoch message."""
@@ -206,6 +223,10 @@ class Console:
             self.show(message)
 
     def __enter__(self) -> "Console":
+        if self.in_process:
+            self._queue = queue.Queue()
+            self._thread.start()
+            return self
         # On the driver's node, which lives as long as the run: a lost worker node must not take the queue along.
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
         self._queue = Queue(actor_options={"num_cpus": 0, "scheduling_strategy": here})
@@ -216,4 +237,5 @@ class Console:
         self._done.set()
         self._thread.join(timeout=30)
         self._close_bar()
-        ray.kill(self._queue.actor)
+        if not self.in_process:
+            ray.kill(self._queue.actor)

@@ -129,14 +129,22 @@ def _logging_to(driver_log: Path | None, run: Run) -> Iterator[None]:
 
 
 def _run(job: dict, run: Run, parameters: int) -> dict:
-    with lifecycle.recorded(run), cluster.ray_connection(job["ray"]["address"]):
-        per_worker = cluster.worker_resources(job["resources"])
-        cluster.check_paths_on_nodes(job["dataset"]["path"], run.storage)
-        print(f"dltrain: {parameters:,} parameters; {formatting.workers(job['resources'])} worker(s) x {per_worker}")
-        with Console(job["trainer"]["progress"]) as console:
-            relay = EpochRelay(console.handle, run.id, job["trainer"]["epochs"])
-            progress_to = console.handle if console.shows_progress else None  # else rank 0 sends nothing
-            summary = lifecycle.execute(job, run, per_worker, [relay], progress_to)
+    if cluster.trains_in_driver(job):
+        with lifecycle.recorded(run), Console(job["trainer"]["progress"], in_process=True) as console:
+            print(f"dltrain: {parameters:,} parameters; 1 worker, in this process (resources.local_mode)", flush=True)
+            trainer = framework.DriverTrainer(job, run, console.handle, console.shows_progress)
+            summary = lifecycle.execute(job, run, trainer)
+    else:
+        with lifecycle.recorded(run), cluster.ray_connection(job["ray"]["address"]):
+            per_worker = cluster.worker_resources(job["resources"])
+            cluster.check_paths_on_nodes(job["dataset"]["path"], run.storage)
+            print(f"dltrain: {parameters:,} parameters; {formatting.workers(job['resources'])} worker(s) x "
+                  f"{per_worker}")  # fmt: skip
+            with Console(job["trainer"]["progress"]) as console:
+                relay = EpochRelay(console.handle, run.id, job["trainer"]["epochs"])
+                progress_to = console.handle if console.shows_progress else None  # else rank 0 sends nothing
+                trainer = lifecycle.ray_trainer(job, run, per_worker, [relay], progress_to)
+                summary = lifecycle.execute(job, run, trainer)
     if summary["status"] == "STOPPED":
         print(f"dltrain: run {run.id} STOPPED: {summary['error']}; resume={run.id} continues it -> {run.uri}")
         return summary

@@ -27,6 +27,8 @@ from dltrain.runs import FINAL_STATUS_WINDOWS, Run, StatusPending
 
 log = logging.getLogger("dltrain")
 
+INTERRUPT_WAIT_S = 120  # training in the driver stops at its next step: a step, or a validation pass, at most
+
 
 def check_data(job: dict) -> None:
     """Locate (and download if needed) and verify the data set before any worker starts."""
@@ -54,7 +56,8 @@ def fit(fittable: Any) -> Any:
 
     (In the main thread, Ray Train installs its own SIGINT handler, which ends the process with SystemExit.)
     Leaving `ray_connection` then stops the workers: the embedded Ray shuts down, and a cluster's Ray Train
-    controller dies with the driver that owns it.
+    controller dies with the driver that owns it. A `fittable` that trains in this process (DriverTrainer) is
+    told to stop instead, and awaited for up to INTERRUPT_WAIT_S, so that nothing writes to the run after it.
     """
     outcome: dict[str, Any] = {}
 
@@ -67,8 +70,14 @@ def fit(fittable: Any) -> Any:
     thread = threading.Thread(target=run, name="dltrain-fit", daemon=True)
     thread.start()
     with _terminate_as_interrupt():
-        while thread.is_alive():
-            thread.join(timeout=0.5)
+        try:
+            while thread.is_alive():
+                thread.join(timeout=0.5)
+        except KeyboardInterrupt:
+            if isinstance(fittable, framework.DriverTrainer):
+                fittable.interrupt()
+                thread.join(timeout=INTERRUPT_WAIT_S)
+            raise
     if "error" in outcome:
         raise outcome["error"]
     return outcome["result"]
@@ -145,18 +154,13 @@ def _final_status(run: Run, status: str, error: str) -> None:
         print(f"dltrain: warning: {pending}", file=sys.stderr, flush=True)
 
 
-def execute(
-    job: dict, run: Run, per_worker: dict, callbacks: list[ray.train.UserCallback], console: ActorHandle | None
-) -> dict:
-    """Train `job` into `run` on the connected Ray, mark it RUNNING then COMPLETED (or STOPPED, when `dltrain runs
-    stop` asked it to stop), and return its summary; rank 0 sends its progress to the `console` queue actor, if any.
-    """
+def execute(job: dict, run: Run, fittable: Any) -> dict:
+    """Train `job` into `run` with `fittable` (`ray_trainer` or a DriverTrainer), mark it RUNNING then COMPLETED
+    (or STOPPED, when `dltrain runs stop` asked it to stop), and return its summary."""
     started = time.time()
     run.set_status("RUNNING")
-    resources, wait = job["resources"], job["ray"]["wait_for_workers_s"]
-    waiting = cluster.WaitForWorkers(wait, run.id, worker_range(resources)[0], per_worker)
-    with run.heartbeat(), cluster.controller_settings(wait):
-        fit(framework.make_trainer(job, run, per_worker, [*callbacks, waiting], console))
+    with run.heartbeat(), cluster.controller_settings(job["ray"]["wait_for_workers_s"]):
+        fit(fittable)
     if (request := run.stop_request()) and not run.has_final_model():
         epochs = len(run.metrics())
         message = f"stopped after epoch {epochs}, as {request['by']} asked at {request['requested']}"
@@ -177,6 +181,17 @@ def execute(
     run.write_summary(summary)
     run.set_status("COMPLETED")
     return summary
+
+
+def ray_trainer(
+    job: dict, run: Run, per_worker: dict, callbacks: list[ray.train.UserCallback], console: ActorHandle | None
+) -> Any:
+    """Ray Train workers of `per_worker` resources for `job` on the connected Ray, which fail the run once they
+    cannot be placed for ray.wait_for_workers_s; rank 0 sends its progress to the `console` queue actor, if any."""
+    waiting = cluster.WaitForWorkers(
+        job["ray"]["wait_for_workers_s"], run.id, worker_range(job["resources"])[0], per_worker
+    )
+    return framework.make_trainer(job, run, per_worker, [*callbacks, waiting], console)
 
 
 def _plot(run: Run, job: dict, history: list[dict], confusion: dict) -> None:

@@ -8,8 +8,9 @@ from pathlib import Path
 
 
 @contextlib.contextmanager
-def output_to(log_file: Path, fds: tuple[int, ...] = (1, 2)) -> Iterator[None]:
-    """Point file descriptors `fds` (stdout and stderr by default) at `log_file`, appending, then restore them."""
+def output_to(log_file: Path, fds: tuple[int, ...] = (1, 2), sys_stdout: bool = False) -> Iterator[None]:
+    """Point file descriptors `fds` (stdout and stderr by default) at `log_file`, appending, then restore them;
+    with `sys_stdout`, Python's sys.stdout too (where fd 1 stays another writer's, the console's)."""
     log_file.parent.mkdir(parents=True, exist_ok=True)
     sys.stdout.flush()
     sys.stderr.flush()
@@ -18,7 +19,8 @@ def output_to(log_file: Path, fds: tuple[int, ...] = (1, 2)) -> Iterator[None]:
         for fd in fds:
             os.dup2(log.fileno(), fd)
         try:
-            yield
+            with contextlib.redirect_stdout(log) if sys_stdout else contextlib.nullcontext():
+                yield
         finally:
             sys.stdout.flush()
             sys.stderr.flush()

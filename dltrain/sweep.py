@@ -146,7 +146,8 @@ def _trial(params: dict, job: dict, sweep_id: str, per_worker: dict, console: Ac
         if resuming:
             run.mark_resumed()
         with lifecycle.recorded(run):
-            lifecycle.execute(trial_job, run, per_worker, [TuneReportCallback()], console)
+            trainer = lifecycle.ray_trainer(trial_job, run, per_worker, [TuneReportCallback()], console)
+            lifecycle.execute(trial_job, run, trainer)
     tune.report(run.metrics()[-1] | (run.test_metrics() if run.has_final_model() else {}))  # none if stopped
 
 

@@ -19,12 +19,13 @@ def _worker_index() -> int:
 
 
 class Timeline(keras.callbacks.Callback):
-    """Writes {train_begin, first_step, epoch_begin: [...], epoch_end: [...], train_end} (epoch seconds) to `path`."""
+    """Writes {train_begin, first_step, epoch_begin: [...], epoch_end: [...], train_end} (epoch seconds) to `path`,
+    and epoch_begin_cpu / epoch_end_cpu: this process's CPU seconds at those moments (the work, whatever the load)."""
 
     def __init__(self, path: str):
         super().__init__()
         self.path = Path(path)
-        self.times: dict = {"epoch_begin": [], "epoch_end": []}
+        self.times: dict = {"epoch_begin": [], "epoch_end": [], "epoch_begin_cpu": [], "epoch_end_cpu": []}
 
     def _write(self) -> None:
         if _worker_index() == 0:
@@ -38,9 +39,11 @@ class Timeline(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         self.times["epoch_begin"].append(time.time())
+        self.times["epoch_begin_cpu"].append(time.process_time())
 
     def on_epoch_end(self, epoch, logs=None):
         self.times["epoch_end"].append(time.time())
+        self.times["epoch_end_cpu"].append(time.process_time())
         self._write()
 
     def on_train_end(self, logs=None):

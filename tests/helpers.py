@@ -65,3 +65,20 @@ class KillWorkerOnce(keras.callbacks.Callback):
             time.sleep(5)
             self.marker.write_text(str(os.getpid()))
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+class FailOnce(keras.callbacks.Callback):
+    """Raises RuntimeError("planned failure") after batch `batch` of epoch `epoch`, once: `marker` remembers."""
+
+    def __init__(self, marker: str, epoch: int, batch: int = 3):
+        super().__init__()
+        self.marker, self.fail_epoch, self.fail_batch = Path(marker), epoch, batch
+        self.epoch = -1
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if (self.epoch, batch) == (self.fail_epoch, self.fail_batch) and not self.marker.exists():
+            self.marker.write_text(str(os.getpid()))
+            raise RuntimeError("planned failure")

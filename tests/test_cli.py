@@ -149,6 +149,20 @@ def test_resume_after_the_driver_dies_completes_the_same_run(real_data, tmp_path
     assert again.returncode == 0 and "already COMPLETED; nothing to resume" in again.stdout
 
 
+@pytest.mark.slow
+def test_a_failure_past_max_failures_in_the_driver_fails_the_run_in_one_line(worker_env, real_data, tmp_path):
+    fail = f"+trainer.callbacks.fail={{_target_: helpers.FailOnce, marker: '{tmp_path / 'failed'}', epoch: 0}}"
+    small = ["trainer.epochs=2", "dataset.limit=1280", "trainer.batch_size=64", f"dataset.path={real_data}"]
+    result = _dltrain("trainer.max_failures=0", *small, f"storage.uri={tmp_path / 'runs'}", fail, env=worker_env)
+    assert result.returncode == 2
+    run = _only_run(tmp_path / "runs")
+    line = f"dltrain: error: run {run.name} FAILED: worker 0: RuntimeError: planned failure (logs: {run}/logs)"
+    assert result.stderr.strip().splitlines()[-1] == line
+    status = json.loads((run / "status.json").read_text())
+    assert (status["status"], status["error"]) == ("FAILED", "worker 0: RuntimeError: planned failure")
+    assert "RuntimeError: planned failure" in (run / "logs" / "driver.log").read_text()  # with its traceback
+
+
 def test_resume_of_an_unknown_run_fails_in_one_line(tmp_path):
     result = _dltrain("resume=20990101-000000-abcdef", f"storage.uri={tmp_path}")
     assert result.returncode == 2

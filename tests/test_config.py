@@ -3,10 +3,12 @@
 from pathlib import Path
 
 import pytest
+import ray
 from conftest import compose_config
 from hydra.errors import MissingConfigException
 
 from dltrain.__main__ import CONFIG_DIR
+from dltrain.cluster import trains_in_driver
 from dltrain.config import resolve
 from dltrain.errors import DltrainError
 
@@ -22,12 +24,18 @@ def test_defaults_are_the_reference_recipe():
     assert job["trainer"] | {"callbacks": None} == {
         "epochs": 30, "batch_size": 128, "learning_rate": 0.001, "lr_schedule": "constant", "optimizer": "adam",
         "seed": 42, "deterministic": False, "max_failures": 2, "keep_checkpoints": 2, "progress": "auto",
-        "callbacks": None,
+        "callbacks": None, "steps_per_execution": 1, "precision": "float32", "jit_compile": "auto",
     }  # fmt: skip
     assert job["model"]["filters"] == [32, 64, 128] and job["model"]["dropout"] == 0.4
     assert job["model"]["padding"] == "valid" and job["model"]["batch_norm"] is False
     assert (job["dataset"]["flip"], job["dataset"]["shift"]) == (False, 0)
-    assert job["resources"] == {"num_workers": 1, "use_gpu": False, "cpus_per_worker": None, "min_workers": None}
+    assert job["resources"] == {
+        "num_workers": 1,
+        "use_gpu": False,
+        "cpus_per_worker": None,
+        "min_workers": None,
+        "local_mode": "auto",
+    }
     assert job["ray"] == {"address": None, "wait_for_workers_s": 600}
     assert job["framework"]["name"] == "tensorflow"
 
@@ -112,11 +120,29 @@ def test_overrides_reach_the_job():
         (["resources.cpus_per_worker=-1"], "resources.cpus_per_worker=-1 is invalid: expected null or a number > 0"),
         (["resources=large", "resources.min_workers=5"], "resources.min_workers=5 exceeds resources.num_workers=4"),
         (["resources=large", "resources.min_workers=0"], "resources.min_workers=0 is invalid: expected null or an"),
+        (["resources.local_mode=maybe"], "resources.local_mode='maybe' is invalid: expected auto, true or false"),
+        (
+            ["resources=medium", "resources.local_mode=true"],
+            "resources.local_mode=true trains in the driver's process, one worker: resources.num_workers=2",
+        ),
+        (["resources.local_mode=true", "sweep=grid"], "resources.local_mode=true cannot be used with a sweep"),
         (
             ["resources=large", "resources.min_workers=2", "trainer.batch_size=128"],
             "trainer.batch_size=128 is not divisible by 3 workers: an elastic run (resources.min_workers=2 to num_wo",
         ),
         (["trainer.progress=sometimes"], "trainer.progress='sometimes' is invalid: expected one of auto, bar, lines,"),
+        (["trainer.steps_per_execution=0"], "trainer.steps_per_execution=0 is invalid: expected an integer >= 1"),
+        (["trainer.steps_per_execution=2.5"], "trainer.steps_per_execution=2.5 is invalid: expected an integer >= 1"),
+        (
+            ["trainer.precision=float16"],
+            "trainer.precision='float16' is invalid: expected one of float32, mixed_float16, mixed_bfloat16",
+        ),
+        (["trainer.jit_compile=xla"], "trainer.jit_compile='xla' is invalid: expected auto, true or false"),
+        (["trainer.jit_compile=1"], "trainer.jit_compile=1 is invalid: expected auto, true or false"),
+        (
+            ["resources=medium", "resources.use_gpu=false", "trainer.jit_compile=true"],
+            "trainer.jit_compile=true with resources.num_workers=2 CPU workers: XLA compiles the gradient all-reduce",
+        ),
         (["ray.wait_for_workers_s=0"], "ray.wait_for_workers_s=0 is invalid: expected a number > 0 (seconds)"),
         (["+trainer.callbacks.x=1"], "trainer.callbacks={'x': 1} is invalid"),
         (
@@ -136,3 +162,31 @@ def test_unknown_group_option_lists_the_choices():
     with pytest.raises(MissingConfigException) as raised:
         compose_config("resources=huge")
     assert {"cpu", "small", "medium", "large"} <= set(raised.value.options)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "environment", "in_driver"),
+    [
+        ([], {}, True),  # the default command: one CPU worker, no cluster
+        (["resources=small", "resources.use_gpu=false"], {}, True),
+        (["resources=small"], {}, False),  # a GPU worker
+        (["resources=medium", "resources.use_gpu=false"], {}, False),  # several workers
+        (["ray.address=127.0.0.1:6379"], {}, False),  # a cluster given
+        ([], {"RAY_ADDRESS": "127.0.0.1:6379"}, False),
+        (["resources.local_mode=true", "ray.address=127.0.0.1:6379"], {}, True),
+        (["resources.local_mode=false"], {}, False),
+        (["sweep=grid"], {}, False),  # every trial has its own Ray Train worker
+    ],
+)
+def test_one_cpu_worker_without_a_cluster_trains_in_the_driver(overrides, environment, in_driver, monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    assert trains_in_driver(resolve(compose_config(*overrides))) is in_driver
+
+
+def test_a_process_already_connected_to_ray_keeps_ray_train_workers(monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)  # a notebook's ray.init(), a test's cluster
+    assert trains_in_driver(resolve(compose_config())) is False

@@ -1,9 +1,12 @@
 """The engine on a real embedded Ray with several worker processes and the real Fashion-MNIST data."""
 
 import json
+import os
 import re
 import shutil
+import signal
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -182,3 +185,40 @@ def test_a_killed_worker_restarts_from_the_last_checkpoint(ray_cluster, real_dat
     optimizer = keras.models.load_model(Path(run.path) / "model" / "model.keras").optimizer
     assert int(optimizer.iterations) == 3 * 18
     assert float(optimizer.learning_rate) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_a_run_in_the_driver_restarts_after_a_failure_and_resumes_on_ray_train_workers(
+    ray_cluster, worker_env, real_data, tmp_path
+):
+    """The default single-worker run trains in the driver's process (no Ray): it restarts from its newest
+    checkpoint after a failure, as Ray Train would; killed, it resumes on a Ray Train worker from that folder."""
+    failed, killed = tmp_path / "failed", tmp_path / "killed"
+    runs = tmp_path / "runs"
+    process = subprocess.run(
+        [sys.executable, "-m", "dltrain", f"dataset.path={real_data}", f"storage.uri={runs}", "dataset.limit=1280",
+         "trainer.batch_size=64", "trainer.epochs=4", "trainer.progress=epochs",
+         f"+trainer.callbacks.fail={{_target_: helpers.FailOnce, marker: '{failed}', epoch: 1}}",
+         f"+trainer.callbacks.kill={{_target_: helpers.KillWorkerOnce, marker: '{killed}', epoch: 2, rank: 0}}"],
+        capture_output=True, text=True, env={k: v for k, v in worker_env.items() if k != "RAY_ADDRESS"}, timeout=300,
+    )  # fmt: skip
+    assert process.returncode == -signal.SIGKILL, process.stderr[-3000:]
+    assert "1 worker, in this process (resources.local_mode)" in process.stdout
+    assert "dltrain: worker 0 failed (RuntimeError: planned failure); restarting from the newest checkpoint " \
+           "(failure 1 of trainer.max_failures=2)" in process.stderr  # fmt: skip
+    assert int(failed.read_text()) == int(killed.read_text())  # the driver's own process trained, and was killed
+    (run_id,) = os.listdir(runs)
+    folder = runs / run_id
+    assert sorted(os.listdir(folder / "checkpoints")) == ["epoch-0001", "epoch-0002"]  # in Ray's layout
+    assert not (folder / "checkpoint_manager_snapshot.json").exists()  # Ray Train kept no record: it never ran
+    # The driver's pid names the log, and the restart's log is kept beside it.
+    logs = [folder / "logs" / f"worker-0-pid{failed.read_text()}{end}.log" for end in ("", "-restart1")]
+    assert set((folder / "logs").glob("worker-0-*.log")) == set(logs)
+    assert ["starting at epoch 1" in logs[0].read_text(), "starting at epoch 2" in logs[1].read_text()] == [True] * 2
+
+    summary = train(resolve(compose_config(f"resume={run_id}", f"storage.uri={runs}")))  # a Ray is connected
+    assert (summary["status"], summary["epochs"]) == ("COMPLETED", 4)
+    run = RunStore(open_storage({"uri": str(runs)})).get(run_id)
+    assert [row["epoch"] for row in run.metrics()] == [1, 2, 3, 4]
+    assert (folder / "checkpoint_manager_snapshot.json").exists()  # this time a Ray Train worker trained
+    (resumed,) = [path for path in (folder / "logs").glob("worker-0-*.log") if path not in logs]
+    assert "starting at epoch 3" in resumed.read_text()

@@ -174,7 +174,9 @@ def test_outages_up_to_45_s_are_ridden_out_wherever_they_hit(s3_session_server, 
         proxy.arm(r"/model/model\.keras", 8),  # the final model's upload
     ]
     storage = ["storage=s3", f"storage.uri=s3://{bucket}/runs", f"storage.endpoint_url={proxy.endpoint_url}"]
-    result = _dltrain(*storage, f"dataset.path={real_data}", "trainer.epochs=4", *SMALL, env=_env(server, tmp_path))
+    ray_train = "resources.local_mode=false"  # a Ray Train worker and controller (the other outage tests: in-driver)
+    result = _dltrain(*storage, ray_train, f"dataset.path={real_data}", "trainer.epochs=4", *SMALL,
+                      env=_env(server, tmp_path))  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert all(outage.over.is_set() for outage in outages)
     run_id = result.stdout.split()[2]

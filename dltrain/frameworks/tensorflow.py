@@ -6,11 +6,18 @@ TensorBoard events and the final model; every worker keeps its own log in the ru
 """
 
 import contextlib
+import dataclasses
+import itertools
 import json
+import logging
 import math
 import os
+import queue
 import shutil
+import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import keras
@@ -21,10 +28,13 @@ from ray.actor import ActorHandle
 from ray.train.tensorflow import TensorflowTrainer
 
 from dltrain.config import import_target, worker_range
+from dltrain.console import epoch_message, sender
 from dltrain.data import DATASETS
 from dltrain.data import prepare as prepare_data
 from dltrain.data.pipeline import Split, eval_batches, steps_per_epoch, train_batches, train_validation_split
-from dltrain.engine.loop import DistributedLoop
+from dltrain.engine.loop import DistributedLoop, resolve_jit_compile
+from dltrain.engine.precision import dtype_policy
+from dltrain.errors import DltrainError
 from dltrain.logs import output_to
 from dltrain.progress import ProgressSender
 from dltrain.retrying_fs import StorageUnavailable, unavailable_in
@@ -32,8 +42,11 @@ from dltrain.runs import CONFUSION_MATRIX_FILE, TEST_METRICS_FILE, Run
 from dltrain.stage import stage as worker_stage
 from dltrain.storage import open_storage
 
+log = logging.getLogger("dltrain")
+
 _STATE_FILE = "state.json"
 _MODEL_FILE = "model.keras"
+_CHECKPOINTS = "checkpoints"  # the run folder's, one folder per epoch: epoch-0001, ...
 
 
 def build_model(model_config: dict, input_shape: tuple[int, ...], num_classes: int) -> keras.Model:
@@ -61,34 +74,85 @@ def compile_model(model: keras.Model, trainer: dict, steps_per_epoch: int) -> No
     model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
 
 
-def _restore(model: keras.Model) -> int:
-    """Load the latest checkpoint Ray hands this worker, if any; returns the number of epochs it completed."""
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None:
-        return 0
-    with checkpoint.as_directory() as folder:
-        model.optimizer.build(model.trainable_variables)
-        model.load_weights(Path(folder) / _MODEL_FILE)
-        return json.loads((Path(folder) / _STATE_FILE).read_text())["epochs_done"]
+def _checkpoint_name(epoch: int) -> str:
+    """The checkpoint of `epoch` (from 1) in the run folder, in Ray Train's layout."""
+    return f"{_CHECKPOINTS}/epoch-{epoch:04d}"
 
 
-class _RayReport(keras.callbacks.Callback):
-    """Each epoch: history row and checkpoint (rank 0), upload events and logs, and report the metrics to Ray.
+def _restore(model: keras.Model, run: Run, stage: Path, rank: int) -> int:
+    """Load the newest whole checkpoint in the run folder, if any; returns the number of epochs it completed.
 
-    The row gets `checkpoint_seconds`: the time all of that took rank 0 (the history row, the model save, Ray's
-    persistence of the checkpoint into the run folder, the TensorBoard and log uploads), so users see what
-    checkpointing costs next to the epoch's `seconds`.
+    The run folder, not Ray's record of its checkpoints, is the truth: a run may have trained in the driver's
+    process (which keeps no such record) and then on Ray Train workers, or the other way round. A checkpoint that
+    does not load (a copy cut short when its writer died) is passed over for the one before.
+    """
+    checkpoints = f"{run.path}/{_CHECKPOINTS}"
+    for name in reversed(run.storage.list_folders(checkpoints)):
+        if not run.storage.exists(f"{checkpoints}/{name}/{_STATE_FILE}"):
+            continue
+        folder = stage / "restored" / name
+        try:
+            run.storage.download(f"{checkpoints}/{name}", folder)
+            model.optimizer.build(model.trainable_variables)
+            model.load_weights(folder / _MODEL_FILE)
+            return json.loads((folder / _STATE_FILE).read_text())["epochs_done"]
+        except (OSError, ValueError, KeyError) as error:
+            print(f"worker {rank}: checkpoint {name} does not load ({error}); trying the one before", flush=True)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+    return 0
+
+
+class _PublishToRay:
+    """A Ray Train worker's epoch report: Ray persists the checkpoint into the run folder, its controller
+    registers it (deleting the oldest beyond trainer.keep_checkpoints) and relays the metrics to the console."""
+
+    def __call__(self, metrics: dict, checkpoint: Path | None, epoch: int) -> None:
+        ray.train.report(
+            metrics,
+            checkpoint=ray.train.Checkpoint.from_directory(checkpoint) if checkpoint else None,
+            checkpoint_dir_name=_checkpoint_name(epoch),
+        )
+
+
+class _PublishInDriver:
+    """The epoch report of a run in the driver's process (Ray Train's local mode, which persists nothing): the
+    checkpoint is copied into the run folder in Ray's layout, its state file last, as the mark of a whole copy;
+    checkpoints beyond trainer.keep_checkpoints are deleted; then the epoch line goes to the console."""
+
+    def __init__(self, run: Run, keep: int, console: queue.Queue, epochs: int):
+        self.run, self.keep, self.console, self.epochs = run, keep, console, epochs
+
+    def __call__(self, metrics: dict, checkpoint: Path, epoch: int) -> None:
+        path, storage = f"{self.run.path}/{_checkpoint_name(epoch)}", self.run.storage
+        for name in (_MODEL_FILE, _STATE_FILE):  # each written whole (Storage.write_bytes)
+            storage.write_bytes(f"{path}/{name}", (checkpoint / name).read_bytes())
+        checkpoints = f"{self.run.path}/{_CHECKPOINTS}"
+        for name in storage.list_folders(checkpoints)[: -self.keep]:
+            storage.filesystem.delete_dir(f"{checkpoints}/{name}")
+        self.console.put_nowait(epoch_message(metrics, self.run.id, self.epochs))
+
+
+class _EpochReport(keras.callbacks.Callback):
+    """Each epoch: history row and checkpoint (rank 0), upload events and logs, and `publish` the metrics and the
+    checkpoint (to Ray Train, or into the run folder from the driver's process).
+
+    The row gets `checkpoint_seconds`: the time all of that took rank 0 (the history row, the model save, the
+    checkpoint's copy into the run folder, the TensorBoard and log uploads), so users see what checkpointing
+    costs next to the epoch's `seconds`.
     """
 
-    def __init__(self, run: Run, stage: Path, rank: int, log_file: Path):
+    def __init__(
+        self, run: Run, stage: Path, rank: int, log_file: Path, publish: Callable[[dict, Path | None, int], None]
+    ):
         super().__init__()
-        self.run, self.stage, self.rank, self.log_file = run, stage, rank, log_file
+        self.run, self.stage, self.rank, self.log_file, self.publish = run, stage, rank, log_file, publish
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         started = time.perf_counter()
         # NaN until measured: a worker that dies before the row's update below leaves it "not measured".
         metrics = {"epoch": epoch + 1, **(logs or {}), "checkpoint_seconds": math.nan}
-        checkpoint = None
+        folder = None
         if self.rank == 0:
             # The history row is stored before its checkpoint, so no checkpointed epoch lacks one.
             self.run.record_epoch(metrics)
@@ -97,14 +161,9 @@ class _RayReport(keras.callbacks.Callback):
             folder.mkdir()
             self.model.save(folder / _MODEL_FILE)
             (folder / _STATE_FILE).write_text(json.dumps({"epochs_done": epoch + 1}))
-            checkpoint = ray.train.Checkpoint.from_directory(folder)
             self.run.storage.upload(self.stage / "tensorboard", f"{self.run.path}/tensorboard")
         self.run.storage.upload(self.log_file.parent, f"{self.run.path}/logs")
-        ray.train.report(
-            {key: value for key, value in metrics.items() if key != "checkpoint_seconds"},
-            checkpoint=checkpoint,
-            checkpoint_dir_name=f"checkpoints/epoch-{epoch + 1:04d}",
-        )
+        self.publish({key: value for key, value in metrics.items() if key != "checkpoint_seconds"}, folder, epoch + 1)
         if self.rank == 0:
             self.run.record_epoch(metrics | {"checkpoint_seconds": time.perf_counter() - started})
 
@@ -125,9 +184,9 @@ class _StopOnRequest(keras.callbacks.Callback):
 
 def _progress_sender(job: dict, run: Run, steps: int) -> ProgressSender:
     """Rank 0's progress messages to the driver's console queue; sending never waits for the queue."""
-    console = job["console"]
+    send = sender(job["console"])
     return ProgressSender(
-        lambda message: console.put_nowait.remote(message | {"run_id": run.id}),
+        lambda message: send(message | {"run_id": run.id}),
         job["trainer"]["epochs"],
         steps,
         job["trainer"]["batch_size"],
@@ -156,21 +215,32 @@ def _train(job: dict, run: Run, stage: Path, log_file: Path) -> None:
     worker_batch = global_batch // workers
     steps = steps_per_epoch(len(train.images), global_batch)
 
-    with strategy.scope():
+    with strategy.scope(), dtype_policy(trainer["precision"]):
         model = build_model(job["model"], data.INPUT_SHAPE, len(data.CLASS_NAMES))
         compile_model(model, trainer, steps)
-        initial_epoch = _restore(model)
+        initial_epoch = _restore(model, run, stage, rank)
 
     callbacks = [instantiate(callback) for callback in trainer["callbacks"].values()]
     if rank == 0:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(stage / "tensorboard")))
     if rank == 0 and job["console"] is not None:
         callbacks.append(_progress_sender(job, run, steps))
-    callbacks.append(_RayReport(run, stage, rank, log_file))
+    in_driver = job["in_driver"]
+    if in_driver is None:
+        publish = _PublishToRay()
+    else:
+        callbacks.append(_Interrupt(in_driver.interrupted))
+        publish = _PublishInDriver(run, trainer["keep_checkpoints"], in_driver.console, trainer["epochs"])
+    callbacks.append(_EpochReport(run, stage, rank, log_file, publish))
     stop = _StopOnRequest(run, rank)
     callbacks.append(stop)
 
-    loop = DistributedLoop(model, strategy, global_batch)
+    # Whether this worker computes on a GPU: Ray may give it one that TensorFlow cannot use, which then runs on CPU.
+    on_gpu = job["resources"]["use_gpu"] and bool(tf.config.list_physical_devices("GPU"))
+    jit_compile = resolve_jit_compile(trainer["jit_compile"], on_gpu, trainer["deterministic"])
+    loop = DistributedLoop(model, strategy, global_batch, trainer["steps_per_execution"], jit_compile)
+    if loop.sum_over_workers([initial_epoch])[0] != initial_epoch * workers:
+        raise RuntimeError(f"worker {rank} restored epoch {initial_epoch}, and the other workers did not")
     print(f"worker {rank}/{workers}: {len(train.images)} train, {len(validation.images)} validation samples; "
           f"starting at epoch {initial_epoch + 1}", flush=True)  # fmt: skip
     loop.fit(
@@ -197,14 +267,18 @@ def _train(job: dict, run: Run, stage: Path, log_file: Path) -> None:
 
 
 def train_loop_per_worker(job: dict) -> None:
-    """What every Ray Train worker runs: train `job`, logging to the run folder's logs/."""
+    """What every Ray Train worker runs (or the driver, in local mode): train `job`, logging to the run folder's
+    logs/. In the driver, whose stdout is the console's, only Python's sys.stdout and native stderr go there."""
     run = Run(open_storage(job["storage"]), job["run_id"])
     rank = ray.train.get_context().get_world_rank()
     with worker_stage(f"{run.id}-worker{rank}") as stage:
-        log_file = stage / "logs" / f"worker-{rank}-pid{os.getpid()}.log"
+        in_driver = job["in_driver"] is not None
+        # A Ray Train worker restarted after a failure is a new process; a restart in the driver keeps its pid.
+        restart = f"-restart{job['in_driver'].restarts}" if in_driver and job["in_driver"].restarts else ""
+        log_file = stage / "logs" / f"worker-{rank}-pid{os.getpid()}{restart}.log"
         outage = False
         try:
-            with output_to(log_file):
+            with output_to(log_file, fds=(2,) if in_driver else (1, 2), sys_stdout=in_driver):
                 _train(job, run, stage, log_file)
         except StorageUnavailable:
             outage = True
@@ -245,7 +319,7 @@ def make_trainer(
     least, most = worker_range(resources)
     return TensorflowTrainer(
         train_loop_per_worker,
-        train_loop_config={**job, "run_id": run.id, "console": console},
+        train_loop_config={**job, "run_id": run.id, "console": console, "in_driver": None},
         scaling_config=ray.train.ScalingConfig(
             num_workers=(least, most) if least < most else most,  # elastic: Ray Train takes what it can place
             use_gpu=resources["use_gpu"],
@@ -261,6 +335,76 @@ def make_trainer(
             worker_runtime_env={"env_vars": {"KERAS_BACKEND": "tensorflow"}},
         ),
     )
+
+
+class _Interrupted(Exception):
+    """Training in the driver's process stopped at a step's end because the driver was interrupted."""
+
+
+class _Interrupt(keras.callbacks.Callback):
+    """In the driver's process: end training at the next step once `interrupted` is set (Ctrl-C, SIGTERM)."""
+
+    def __init__(self, interrupted: threading.Event):
+        super().__init__()
+        self.interrupted = interrupted
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        if self.interrupted.is_set():
+            raise _Interrupted("interrupted")
+
+
+@dataclasses.dataclass
+class _InDriver:
+    """What a run in the driver's process shares with its training: the console's queue, for the epoch lines
+    (there is no Ray Train controller to relay them), and the event that interrupts it."""
+
+    console: queue.Queue
+    interrupted: threading.Event = dataclasses.field(default_factory=threading.Event)
+    restarts: int = 0  # after failures, so far
+
+
+class DriverTrainer:
+    """Trains `job` in this process with Ray Train's local mode (`ScalingConfig(num_workers=0)`): the same
+    worker function and `ray.train` API, no Ray processes. Checkpoints go into the run folder as a Ray Train
+    worker's would (Ray's local mode keeps them in memory only). As Ray Train would restart a failed worker, a
+    failure restarts training from the newest checkpoint, up to trainer.max_failures times.
+    """
+
+    def __init__(self, job: dict, run: Run, console: queue.Queue, progress: bool):
+        self.in_driver = _InDriver(console)
+        self.config = {**job, "run_id": run.id, "console": console if progress else None, "in_driver": self.in_driver}
+        self.run, self.max_failures = run, job["trainer"]["max_failures"]
+
+    def interrupt(self) -> None:
+        """Stop training at the end of its current step (from another thread); fit() then raises."""
+        self.in_driver.interrupted.set()
+
+    def fit(self) -> ray.train.Result:
+        """Train to the end, or raise the error that ended training."""
+        # Ray Train says at INFO that it runs in local mode, and logs every report: not for the console.
+        logging.getLogger("ray.train").setLevel(logging.WARNING)
+        for failures in itertools.count(1):
+            try:
+                return TensorflowTrainer(
+                    train_loop_per_worker,
+                    train_loop_config=self.config,
+                    scaling_config=ray.train.ScalingConfig(num_workers=0),
+                    run_config=ray.train.RunConfig(name=self.run.id),
+                ).fit()
+            except (_Interrupted, DltrainError):
+                raise
+            except Exception as error:
+                if unavailable_in(error) or self.in_driver.interrupted.is_set():
+                    raise
+                first_line = next(iter(str(error).strip().splitlines()), "")
+                cause = f"{type(error).__name__}: {first_line}" if first_line else type(error).__name__
+                if failures > self.max_failures:
+                    raise RuntimeError(f"worker 0: {cause}") from error
+                log.warning("worker 0 failed; restarting from the newest checkpoint", exc_info=True)
+                allowed = f"trainer.max_failures={self.max_failures}"
+                print(f"dltrain: worker 0 failed ({cause}); restarting from the newest checkpoint (failure "
+                      f"{failures} of {allowed})", file=sys.stderr, flush=True)  # fmt: skip
+                self.in_driver.restarts = failures
 
 
 def versions() -> dict[str, str]:

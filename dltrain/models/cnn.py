@@ -56,5 +56,7 @@ def build_cnn(
     x = keras.layers.Dense(dense_units, activation=activation, use_bias=not batch_norm, name="dense")(x)
     x = _normalize_and_activate(x, batch_norm, "_dense")
     x = keras.layers.Dropout(dropout, name="dense_dropout")(x)
-    outputs = keras.layers.Dense(num_classes, activation="softmax", name="class_probabilities")(x)
+    # float32 under any dtype policy (dltrain's trainer.precision): a float16 or bfloat16 softmax would round away
+    # the small probabilities that the cross-entropy reads.
+    outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name="class_probabilities")(x)
     return keras.Model(inputs, outputs, name="cnn")
