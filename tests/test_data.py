@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from dltrain.data import fashion_mnist
+from dltrain.data import prepare as prepare_data
 from dltrain.data.idx import IdxError, read_idx, verify_md5
 from dltrain.data.pipeline import Split, eval_batches, train_batches, train_validation_split
 
@@ -87,9 +88,25 @@ def test_missing_files_are_downloaded_and_verified(real_data, mirror, tmp_path, 
         shutil.copy(real_data / name, folder / name)
     cache = tmp_path / "cache"
     monkeypatch.setenv("DLTRAIN_DATA_DIR", str(cache))
-    assert fashion_mnist.prepare(None, url) == cache
+    assert fashion_mnist.prepare(None, url, locks=tmp_path / "locks") == cache
     for name, md5 in fashion_mnist.FILES.values():
         verify_md5(cache / name, md5)
+    assert sorted(path.name for path in cache.iterdir()) == sorted(name for name, _ in fashion_mnist.FILES.values())
+    assert len(list((tmp_path / "locks").iterdir())) == 1  # the download's lock, in dltrain's cache
+
+
+def test_a_complete_data_folder_is_only_read(real_data, tmp_path, monkeypatch):
+    """$DLTRAIN_DATA_DIR may be a read-only volume: with its files there, nothing is written into it."""
+    folder = tmp_path / "volume"
+    folder.mkdir()
+    for name, _ in fashion_mnist.FILES.values():
+        shutil.copy(real_data / name, folder / name)
+    before = {path.name: path.stat().st_mtime_ns for path in folder.iterdir()}
+    monkeypatch.setenv("DLTRAIN_DATA_DIR", str(folder))
+    monkeypatch.setenv("DLTRAIN_CACHE", str(tmp_path / "cache"))
+    assert prepare_data({"name": "fashion_mnist", "path": None, "mirror": "http://127.0.0.1:9/"}, {}) == folder
+    assert {path.name: path.stat().st_mtime_ns for path in folder.iterdir()} == before
+    assert not (tmp_path / "cache").exists()  # no download, so no lock either
 
 
 def test_download_of_a_corrupted_file_fails(real_data, mirror, tmp_path, monkeypatch):
@@ -99,7 +116,7 @@ def test_download_of_a_corrupted_file_fails(real_data, mirror, tmp_path, monkeyp
     (folder / "t10k-labels-idx1-ubyte.gz").write_bytes(b"garbage")
     monkeypatch.setenv("DLTRAIN_DATA_DIR", str(tmp_path / "cache"))
     with pytest.raises(IdxError, match=r"downloading http://127.0.0.1:\d+/t10k-labels-idx1-ubyte.gz failed"):
-        fashion_mnist.prepare(None, url)
+        fashion_mnist.prepare(None, url, locks=tmp_path / "locks")
 
 
 def _toy(n: int = 1000) -> tuple[np.ndarray, np.ndarray]:

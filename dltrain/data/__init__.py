@@ -8,7 +8,7 @@ A data set module offers INPUT_SHAPE, CLASS_NAMES, FILES ({key: (file name, md5)
 from pathlib import Path
 
 from dltrain.data import fashion_mnist
-from dltrain.storage import cache_s3_folder
+from dltrain.storage import cache_dir, cache_s3_folder
 
 DATASETS = {"fashion_mnist": fashion_mnist}
 
@@ -21,4 +21,4 @@ def prepare(dataset: dict, storage: dict) -> Path:
     if path and path.startswith("s3://"):
         names = [name for name, _ in module.FILES.values()]
         path = str(cache_s3_folder(path, names, storage["endpoint_url"], storage["region"], storage["retry_seconds"]))
-    return module.prepare(path, dataset["mirror"])
+    return module.prepare(path, dataset["mirror"], locks=cache_dir() / "locks")

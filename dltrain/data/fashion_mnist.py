@@ -1,5 +1,6 @@
 """Fashion-MNIST from its four official IDX files, located, downloaded if missing and verified."""
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -38,25 +39,43 @@ def _download(url: str, folder: Path, md5: str) -> None:
         raise IdxError(f"downloading {url} failed: {error}") from error
 
 
-def prepare(path: str | None, mirror: str) -> Path:
+def _verified(path: Path, md5: str) -> bool:
+    try:
+        verify_md5(path, md5)
+        return True
+    except (IdxError, OSError):
+        return False
+
+
+def prepare(path: str | None, mirror: str, locks: Path | None = None) -> Path:
     """Return the folder holding the four verified files.
 
     A given `path` must already hold them. Without one, the default folder is used and any missing or
-    corrupted file is downloaded from `mirror` (with progress) and checked against its published md5.
+    corrupted file is downloaded from `mirror` (with progress) and checked against its published md5, under a
+    lock in the folder `locks` (required then): nothing but the data files is written into a data folder, which
+    may be read-only once they are there.
     """
     if path is not None:
         folder = Path(path).expanduser().absolute()
         missing = [name for name, _ in FILES.values() if not (folder / name).is_file()]
         if missing:
             raise FileNotFoundError(f"dataset.path={folder} lacks {', '.join(missing)}")
-    else:
-        folder = default_folder()
+        for name, md5 in FILES.values():
+            verify_md5(folder / name, md5)
+        return folder
+    folder = default_folder()
+    stale = [(name, md5) for name, md5 in FILES.values() if not _verified(folder / name, md5)]
+    if stale:
+        if locks is None:
+            raise ValueError("downloading the data set needs a folder for its lock (locks=)")
         folder.mkdir(parents=True, exist_ok=True)
-        with FileLock(folder / ".download.lock"):  # one download when several workers share a node
-            for name, md5 in FILES.values():
+        locks.mkdir(parents=True, exist_ok=True)
+        lock = locks / f"data-{hashlib.sha256(str(folder.absolute()).encode()).hexdigest()[:16]}.lock"
+        with FileLock(lock):  # one download when several workers share a node
+            for name, md5 in stale:
                 _download(mirror.rstrip("/") + "/" + name, folder, md5)
-    for name, md5 in FILES.values():
-        verify_md5(folder / name, md5)
+        for name, md5 in stale:
+            verify_md5(folder / name, md5)
     return folder
 
 
