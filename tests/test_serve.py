@@ -18,8 +18,10 @@ from pathlib import Path
 
 import keras
 import numpy as np
+import pyarrow.fs
 import pytest
 from PIL import Image
+from s3server import create_bucket
 
 from dltrain.data.idx import read_idx
 from dltrain.registry import Registry
@@ -214,15 +216,18 @@ def test_a_missing_or_wrong_api_key_gets_401(served, test_images):
     assert _request(f"{url}/v2/models/fashion/infer", body, {"Content-Type": "application/json"})[0] == 200
 
 
-def test_predict_prints_the_offline_top_3_without_a_server(served, test_images, offline, tmp_path):
+def test_predict_prints_the_offline_top_3_from_a_model_in_s3(served, test_images, offline, s3_session_server, tmp_path):
     _, run_folder, _ = served
     paths = []
     for index, image in enumerate(test_images[0][:3]):
         paths.append(tmp_path / f"item-{index}.png")
         paths[-1].write_bytes(_encoded(image, "PNG"))
-    storage = str(run_folder.parent)
+    server, bucket = s3_session_server, create_bucket(s3_session_server)
+    pyarrow.fs.copy_files(str(run_folder.parent), f"{bucket}/runs", destination_filesystem=server.arrow_fs())
+    storage = ["--storage", f"s3://{bucket}/runs", "--endpoint-url", server.endpoint_url]
     result = subprocess.run([str(Path(sys.executable).parent / "dltrain"), "predict", "fashion:1", *map(str, paths),
-                             "--storage", storage], capture_output=True, text=True, timeout=300)  # fmt: skip
+                             *storage], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, **server.env()})  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     names = json.loads((run_folder / "model" / "confusion_matrix.json").read_text())["class_names"]
     rows = result.stdout.splitlines()
