@@ -5,6 +5,7 @@ from pathlib import Path
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 PREDICT_BATCH = 256  # images per model call: bounded memory for large requests
 
@@ -19,6 +20,11 @@ class Classifier:
             self.model = keras.saving.load_model(path, compile=False)
         self.class_names = list(class_names)
         self.input_shape = tuple(self.model.input_shape[1:])
+        # One traced graph for every batch size: an eager call of the model costs several times the compute.
+        self._forward = tf.function(
+            lambda inputs: self.model(inputs, training=False),
+            input_signature=[tf.TensorSpec((None, *self.input_shape), tf.float32)],
+        )
         if self.model.output_shape[-1] != len(self.class_names):
             raise ValueError(f"the model has {self.model.output_shape[-1]} outputs for {len(self.class_names)} classes")
 
@@ -26,7 +32,7 @@ class Classifier:
         """Class probabilities (float32, one row per input) of a batch shaped like the model's input batch: uint8
         pixels are scaled to [0, 1] as in training; float inputs are taken as already scaled."""
         scaled = inputs.astype(np.float32) / 255.0 if inputs.dtype == np.uint8 else inputs.astype(np.float32)
-        rows = [np.asarray(self.model(scaled[start : start + PREDICT_BATCH], training=False), dtype=np.float32)
+        rows = [self._forward(scaled[start : start + PREDICT_BATCH]).numpy().astype(np.float32)
                 for start in range(0, len(scaled), PREDICT_BATCH)]  # fmt: skip
         return np.concatenate(rows) if rows else np.zeros((0, len(self.class_names)), np.float32)
 
