@@ -71,15 +71,7 @@ _RULES: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
         "min_workers": (_optional(lambda v: _is_int(v) and v >= 1), "null or an integer >= 1"),
         "local_mode": (lambda v: v == "auto" or isinstance(v, bool), "auto, true or false"),
     },
-    "dataset": {
-        "name": (lambda v: v in DATASETS, "one of " + ", ".join(DATASETS)),
-        "path": (_optional(lambda v: isinstance(v, str) and v != ""), "null or a folder"),
-        "mirror": (lambda v: isinstance(v, str) and "://" in v, "a URL"),
-        "limit": (_optional(lambda v: _is_int(v) and v >= 1), "null or an integer >= 1"),
-        "validation_split": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
-        "flip": (lambda v: isinstance(v, bool), "true or false"),
-        "shift": (lambda v: _is_int(v) and v >= 0, "an integer >= 0 (pixels)"),
-    },
+    "dataset": {"name": (lambda v: v in DATASETS, "one of " + ", ".join(DATASETS))},
     "storage": {
         "uri": (_optional(lambda v: isinstance(v, str) and v != ""), "null, a folder or s3://bucket/prefix"),
         "endpoint_url": (
@@ -96,12 +88,61 @@ _RULES: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
         "wait_for_workers_s": (lambda v: _is_number(v) and v > 0, "a number > 0 (seconds)"),
     },
 }
+
+
+def _is_class_list(value: Any) -> bool:
+    return (
+        isinstance(value, list)
+        and len(value) > 0
+        and len(set(value)) == len(value)
+        and all(_is_int(number) and 0 <= number <= 9 for number in value)
+    )
+
+
+_PATH = (_optional(lambda v: isinstance(v, str) and v != ""), "null, a folder or s3://bucket/prefix")
+_SPLIT = (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)")
+_AUGMENTATION = {
+    "flip": (lambda v: isinstance(v, bool), "true or false"),
+    "shift": (lambda v: _is_int(v) and v >= 0, "an integer >= 0 (pixels)"),
+}
+# dataset.name -> the keys of that data set, beside `name`
+_DATASET_RULES: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
+    "fashion_mnist": {
+        "path": _PATH,
+        "mirror": (lambda v: isinstance(v, str) and "://" in v, "a URL"),
+        "classes": (_optional(_is_class_list), "null or a list of distinct class numbers 0-9"),
+        "per_class": (_optional(lambda v: _is_int(v) and v >= 1), "null or an integer >= 1"),
+        "limit": (_optional(lambda v: _is_int(v) and v >= 1), "null or an integer >= 1"),
+        "validation_split": _SPLIT,
+        **_AUGMENTATION,
+    },
+    "image_folder": {
+        "path": _PATH,
+        "manifest": (
+            _optional(lambda v: isinstance(v, str) and v.lower().endswith((".csv", ".parquet"))),
+            "null or a .csv or .parquet file (local or s3://)",
+        ),
+        "label": (lambda v: isinstance(v, str) and v != "", "a column name"),
+        "min_per_class": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+        "image_size": (lambda v: _is_int(v) and v >= 8, "an integer >= 8 (pixels)"),
+        "channels": (lambda v: v in (1, 3), "1 or 3"),
+        "validation_split": _SPLIT,
+        "test_split": (
+            _optional(lambda v: _is_number(v) and 0 < v < 1),
+            "null (a split column, else 0.1) or a number in (0, 1)",
+        ),
+        "shuffle_buffer": (lambda v: _is_int(v) and v >= 1, "an integer >= 1 (images)"),
+        **_AUGMENTATION,
+    },
+}
 # Keys a config group option may leave out, and what they then mean (storage=local has no S3 settings).
 _DEFAULTS = {
     "storage": {"endpoint_url": None, "region": None, "create_bucket": False, "retry_seconds": DEFAULT_RETRY_SECONDS},
     "resources": {"min_workers": None, "local_mode": "auto"},
     "ray": {"wait_for_workers_s": DEFAULT_WAIT_FOR_WORKERS_S},
 }
+# dataset.name -> keys its configs saved by older versions lack
+_DATASET_DEFAULTS = {"fashion_mnist": {"classes": None, "per_class": None}}
 _SECTIONS = (*_RULES, "model", "resume", "rerun", "sweep")
 
 _SWEEP_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
@@ -189,10 +230,13 @@ def resolve(cfg: DictConfig) -> dict:
         if not isinstance(job[section], dict):
             raise DltrainError(f"{section} must be a mapping, got {job[section]!r}")
         job[section] = _DEFAULTS.get(section, {}) | job[section]
+    job["dataset"] = _DATASET_DEFAULTS.get(job["dataset"].get("name"), {}) | job["dataset"]
     _check_job(job)
     if job["sweep"] is not None:
         _check_sweep(job)
     job["dataset"]["path"] = _absolute(job["dataset"]["path"])
+    if job["dataset"].get("manifest"):
+        job["dataset"]["manifest"] = _absolute(job["dataset"]["manifest"])
     job["storage"]["uri"] = _absolute(job["storage"]["uri"])
     return job
 
@@ -213,7 +257,10 @@ def worker_range(resources: dict) -> tuple[int, int]:
 def _check_job(job: dict) -> None:
     """Every section's keys and values, the model's keys, and the rules that tie sections together."""
     for section, rules in _RULES.items():
-        _check_values(section, job[section], rules)
+        given = job[section]
+        if section == "dataset" and given.get("name") in DATASETS:
+            rules = rules | _DATASET_RULES[given["name"]]
+        _check_values(section, given, rules)
     _check_model(job["model"])
 
     trainer, resources, dataset = job["trainer"], job["resources"], job["dataset"]
@@ -249,7 +296,12 @@ def _check_job(job: dict) -> None:
             f"trainer.jit_compile=true with resources.num_workers={resources['num_workers']} CPU workers: XLA "
             "compiles the gradient all-reduce on GPUs only; use jit_compile=auto or false"
         )
-    if dataset["limit"] is not None:
+    if dataset["name"] == "image_folder" and (dataset["path"] is None) == (dataset["manifest"] is None):
+        raise DltrainError(
+            f"dataset.path={dataset['path']} and dataset.manifest={dataset['manifest']}: give one of them, a folder "
+            "of CLASS/*.png|jpg (or shards from dltrain data prepare) or a CSV/Parquet manifest"
+        )
+    if dataset.get("limit") is not None:
         train_samples = dataset["limit"] - round(dataset["limit"] * dataset["validation_split"])
         if train_samples < trainer["batch_size"]:
             raise DltrainError(

@@ -56,7 +56,7 @@ def train(job: dict, driver_log: Path | None = None, overrides: list[str] | None
         # The saved config holds no credentials: the storage and Ray settings come from this command.
         job = saved | {"storage": job["storage"], "ray": job["ray"], "resume": run.id}
     kind = "sweep" if job["sweep"] else "run"
-    lifecycle.check_data(job)
+    job = job | {"data": lifecycle.check_data(job)}  # for the workers, not saved with the config
     parameters = lifecycle.check_model(job, driver_log)
     if job["sweep"]:
         sweep.check_trial_models(job, driver_log)

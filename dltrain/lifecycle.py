@@ -16,8 +16,8 @@ from ray.actor import ActorHandle
 
 from dltrain import cluster, formatting, plots
 from dltrain.config import worker_range
-from dltrain.data import DATASETS
-from dltrain.data import prepare as prepare_data
+from dltrain.data import describe
+from dltrain.data.dataset import DataSet
 from dltrain.data.idx import IdxError
 from dltrain.errors import DltrainError
 from dltrain.frameworks import tensorflow as framework
@@ -30,21 +30,28 @@ log = logging.getLogger("dltrain")
 INTERRUPT_WAIT_S = 120  # training in the driver stops at its next step: a step, or a validation pass, at most
 
 
-def check_data(job: dict) -> None:
-    """Locate (and download if needed) and verify the data set before any worker starts."""
+def check_data(job: dict) -> DataSet:
+    """Locate (download or prepare if needed) and verify the data set before any worker starts; say what was
+    skipped or dropped."""
     try:
-        prepare_data(job["dataset"], job["storage"])
+        data = describe(job["dataset"], job["storage"], job["trainer"]["seed"])
     except (OSError, IdxError, ValueError) as error:
         raise DltrainError(f"dataset: {error}") from error
+    for note in data.notes:
+        print(f"dltrain: dataset: {note}", flush=True)
+    if data.sizes["train"] < job["trainer"]["batch_size"]:
+        raise DltrainError(f"dataset: {data.sizes['train']} training samples, fewer than one global batch "
+                           f"(trainer.batch_size={job['trainer']['batch_size']})")  # fmt: skip
+    return data
 
 
 def check_model(job: dict, driver_log: Path | None) -> int:
     """Build the model once so that a bad hyperparameter fails now; returns its parameter count."""
-    data = DATASETS[job["dataset"]["name"]]
+    data = job["data"]
     # TensorFlow's device probing writes native lines to stderr: they belong in the driver log.
     with output_to(driver_log, fds=(2,)) if driver_log else contextlib.nullcontext():
         try:
-            model = framework.build_model(job["model"], data.INPUT_SHAPE, len(data.CLASS_NAMES))
+            model = framework.build_model(job["model"], data.input_shape, len(data.class_names), job["storage"])
         except (TypeError, ValueError) as error:
             raise DltrainError(f"model: {error}") from error
     return model.count_params()

@@ -42,6 +42,7 @@ ENDED = ("COMPLETED", "FAILED", "STOPPED")
 _SECRET_KEY = re.compile(r"secret|password|passwd|token|credential|private_key|access_key", re.IGNORECASE)
 REDACTED = "***"
 TEST_METRICS_FILE = "test_metrics.json"  # in model/, beside the final model: its test loss and accuracy
+MODEL_FILE = "model.keras"  # in model/: the final Keras model (and in every checkpoint)
 CONFUSION_MATRIX_FILE = "confusion_matrix.json"  # in model/: {class_names, matrix[true class][predicted class]}
 STOP_REQUEST_FILE = "stop_request.json"
 PROVENANCE_FILE = "provenance.json"
@@ -121,8 +122,8 @@ class Run:
         return json.loads(self.storage.read_bytes(f"{self.path}/{name}"))
 
     def write_config(self, config: dict) -> None:
-        """Save the resolved config with secrets redacted."""
-        text = yaml.safe_dump(redact(config), sort_keys=False)
+        """Save the resolved config with secrets redacted (without the driver's `data`: what it found, not config)."""
+        text = yaml.safe_dump(redact({key: value for key, value in config.items() if key != "data"}), sort_keys=False)
         self.storage.write_bytes(f"{self.path}/config.yaml", text.encode())
 
     def config(self) -> dict:

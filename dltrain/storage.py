@@ -5,12 +5,14 @@ one folder per run.
 """
 
 import dataclasses
+import functools
 import os
 import re
 import shutil
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -285,3 +287,20 @@ def check_storage(config: dict) -> None:
     if config["uri"] and config["uri"].startswith("s3://"):
         bucket, _ = parse_s3_uri(config["uri"])
         check_bucket(bucket, config.get("endpoint_url"), config.get("region"), config.get("create_bucket", False))
+
+
+def resolver(config: dict) -> Callable[[str], tuple[pafs.FileSystem, str]]:
+    """For a `storage` config: a function from a location (a local path or s3://bucket/key, read with the
+    storage's S3 endpoint and region) to the filesystem holding it and its path there."""
+    retry_seconds = config.get("retry_seconds", DEFAULT_RETRY_SECONDS)
+    s3 = functools.cache(lambda: s3_filesystem(config.get("endpoint_url"), config.get("region"), retry_seconds))
+
+    def resolve(location: str) -> tuple[pafs.FileSystem, str]:
+        if location.startswith("s3://"):
+            bucket, key = parse_s3_uri(location)
+            return s3(), f"{bucket}/{key}".rstrip("/")
+        if "://" in location and not location.startswith("file://"):
+            raise ValueError(f"{location}: expected a local path or s3://bucket/key")
+        return pafs.LocalFileSystem(), str(Path(location.removeprefix("file://")).expanduser().absolute())
+
+    return resolve

@@ -42,7 +42,7 @@ def test_defaults_are_the_reference_recipe():
 
 @pytest.mark.parametrize(("group", "option"), [(group, option) for group in GROUPS for option in _options(group)])
 def test_every_group_option_composes_and_validates(group, option):
-    required = {"s3": ["storage.uri=s3://bucket/prefix"]}.get(option, [])
+    required = {"s3": ["storage.uri=s3://bucket/prefix"], "image_folder": ["dataset.path=/data/images"]}.get(option, [])
     job = resolve(compose_config(f"{group}={option}", *required))
     sections = {"model", "dataset", "resources", "storage", "framework", "trainer", "ray", "resume", "rerun", "sweep"}
     assert set(job) == sections

@@ -9,8 +9,7 @@ from functools import partial
 import numpy as np
 import pytest
 
-from dltrain.data import fashion_mnist
-from dltrain.data import prepare as prepare_data
+from dltrain.data import describe, fashion_mnist
 from dltrain.data.idx import IdxError, read_idx, verify_md5
 from dltrain.data.pipeline import Split, eval_batches, train_batches, train_validation_split
 
@@ -104,7 +103,9 @@ def test_a_complete_data_folder_is_only_read(real_data, tmp_path, monkeypatch):
     before = {path.name: path.stat().st_mtime_ns for path in folder.iterdir()}
     monkeypatch.setenv("DLTRAIN_DATA_DIR", str(folder))
     monkeypatch.setenv("DLTRAIN_CACHE", str(tmp_path / "cache"))
-    assert prepare_data({"name": "fashion_mnist", "path": None, "mirror": "http://127.0.0.1:9/"}, {}) == folder
+    dataset = {"name": "fashion_mnist", "path": None, "mirror": "http://127.0.0.1:9/", "classes": None,
+               "per_class": None, "limit": 1000, "validation_split": 0.1, "flip": False, "shift": 0}  # fmt: skip
+    assert describe(dataset, {}, seed=0).location == str(folder)
     assert {path.name: path.stat().st_mtime_ns for path in folder.iterdir()} == before
     assert not (tmp_path / "cache").exists()  # no download, so no lock either
 

@@ -4,10 +4,10 @@ import argparse
 import os
 import sys
 
-from dltrain.cli import models, predict, rerun, runs, serve, train
+from dltrain.cli import data, models, predict, rerun, runs, serve, train
 from dltrain.errors import DltrainError
 
-COMMANDS = (train, rerun, runs, models, serve, predict)
+COMMANDS = (train, rerun, runs, models, data, serve, predict)
 
 
 class _OneLineErrors(argparse.ArgumentParser):

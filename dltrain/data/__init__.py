@@ -1,24 +1,30 @@
-"""Data sets and input pipelines: pure NumPy / tf.data code, no Ray or Hydra.
+"""Data sets and input pipelines: pure NumPy / pyarrow / tf.data code, no Ray or Hydra.
 
-A data set module offers INPUT_SHAPE, CLASS_NAMES, FILES ({key: (file name, md5)}),
-`prepare(path, mirror) -> folder` and
-`load(folder) -> ((train_images, train_labels), (test_images, test_labels))`.
+A data set module offers `describe(dataset, storage, seed) -> DataSet`, the driver's check before training
+(dataset.py), and `batches(dataset, data, storage, seed) -> Batches`, what a worker trains from; `dataset` and
+`storage` are the config's sections, `seed` is trainer.seed (which chooses the splits).
 """
 
-from pathlib import Path
+import importlib
+from types import ModuleType
+from typing import TYPE_CHECKING
 
-from dltrain.data import fashion_mnist
-from dltrain.storage import cache_dir, cache_s3_folder
+if TYPE_CHECKING:
+    from dltrain.data.dataset import Batches, DataSet
 
-DATASETS = {"fashion_mnist": fashion_mnist}
+# Imported when used: `dltrain data prepare` and the config's checks need no TensorFlow.
+DATASETS = ("fashion_mnist", "image_folder")
 
 
-def prepare(dataset: dict, storage: dict) -> Path:
-    """The local folder holding `dataset`'s verified files; an s3:// path is first cached on this machine,
-    read with the storage's endpoint and region."""
-    module = DATASETS[dataset["name"]]
-    path = dataset["path"]
-    if path and path.startswith("s3://"):
-        names = [name for name, _ in module.FILES.values()]
-        path = str(cache_s3_folder(path, names, storage["endpoint_url"], storage["region"], storage["retry_seconds"]))
-    return module.prepare(path, dataset["mirror"], locks=cache_dir() / "locks")
+def _module(name: str) -> ModuleType:
+    return importlib.import_module(f"dltrain.data.{name}")
+
+
+def describe(dataset: dict, storage: dict, seed: int) -> "DataSet":
+    """Locate and check the data set a `dataset` config names, before any worker starts."""
+    return _module(dataset["name"]).describe(dataset, storage, seed)
+
+
+def batches(dataset: dict, data: "DataSet", storage: dict, seed: int) -> "Batches":
+    """A worker's batches of the data set the driver described as `data`."""
+    return _module(dataset["name"]).batches(dataset, data, storage, seed)

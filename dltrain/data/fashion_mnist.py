@@ -8,7 +8,10 @@ import keras
 import numpy as np
 from filelock import FileLock
 
+from dltrain.data.dataset import DataSet
 from dltrain.data.idx import IdxError, read_idx, verify_md5
+from dltrain.data.pipeline import ArrayBatches, Split, train_validation_split
+from dltrain.storage import cache_dir, cache_s3_folder
 
 # The official files and their published md5s (github.com/zalandoresearch/fashion-mnist).
 FILES = {
@@ -85,3 +88,60 @@ def load(folder: Path) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray,
     train = (arrays["train_images"][..., np.newaxis], arrays["train_labels"])
     test = (arrays["test_images"][..., np.newaxis], arrays["test_labels"])
     return train, test
+
+
+def select(images: np.ndarray, labels: np.ndarray, classes: list[int] | None, per_class: int | None = None) -> Split:
+    """The samples of `classes` (all if None), relabelled 0, 1, ... in the order given; with `per_class`, only
+    the first that many of each class."""
+    if classes is not None:
+        keep = np.isin(labels, classes)
+        lookup = np.zeros(len(CLASS_NAMES), np.uint8)
+        lookup[list(classes)] = np.arange(len(classes))
+        images, labels = images[keep], lookup[labels[keep]]
+    if per_class is not None:
+        keep = np.zeros(len(labels), bool)
+        for label in np.unique(labels):
+            keep[np.flatnonzero(labels == label)[:per_class]] = True
+        images, labels = images[keep], labels[keep]
+    return Split(images, labels)
+
+
+def class_names(dataset: dict) -> tuple[str, ...]:
+    """The names of the classes a `dataset` config trains on, in label order."""
+    classes = dataset["classes"]
+    return CLASS_NAMES if classes is None else tuple(CLASS_NAMES[number] for number in classes)
+
+
+def splits(folder: Path, dataset: dict, seed: int) -> ArrayBatches:
+    """The train, validation and test splits a `dataset` config asks for, from the files in `folder`."""
+    (images, labels), (test_images, test_labels) = load(folder)
+    train, validation = train_validation_split(
+        *select(images, labels, dataset["classes"], dataset["per_class"]), dataset["validation_split"], seed,
+        dataset["limit"],
+    )  # fmt: skip
+    test = select(test_images, test_labels, dataset["classes"])
+    return ArrayBatches({"train": train, "validation": validation, "test": test}, dataset["flip"], dataset["shift"])
+
+
+def _folder(dataset: dict, storage: dict) -> Path:
+    """The local folder holding the verified files; an s3:// path is first cached on this machine, read with the
+    storage's endpoint and region."""
+    path = dataset["path"]
+    if path and path.startswith("s3://"):
+        names = [name for name, _ in FILES.values()]
+        path = str(cache_s3_folder(path, names, storage["endpoint_url"], storage["region"], storage["retry_seconds"]))
+    return prepare(path, dataset["mirror"], locks=cache_dir() / "locks")
+
+
+def describe(dataset: dict, storage: dict, seed: int) -> DataSet:
+    """The driver's check of a `dataset` config: the files located (downloaded if needed) and verified."""
+    folder = _folder(dataset, storage)
+    return DataSet(
+        INPUT_SHAPE, class_names(dataset), str(folder), {name: md5 for name, md5 in FILES.values()},
+        splits(folder, dataset, seed).sizes,
+    )  # fmt: skip
+
+
+def batches(dataset: dict, data: DataSet, storage: dict, seed: int) -> ArrayBatches:
+    """A worker's batches: the files located again on its own machine (whose cache may differ from the driver's)."""
+    return splits(_folder(dataset, storage), dataset, seed)

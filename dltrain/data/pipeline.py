@@ -4,6 +4,7 @@ Every worker draws the same seeded permutation (and augmentation) of the trainin
 contiguous slice of every global batch, so N workers together see exactly the batches a single worker would.
 """
 
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
@@ -38,7 +39,7 @@ def steps_per_epoch(num_samples: int, global_batch_size: int) -> int:
     return num_samples // global_batch_size
 
 
-def _augment(images: tf.Tensor, flips: tf.Tensor, offsets: tf.Tensor, flip: bool, shift: int) -> tf.Tensor:
+def augment(images: tf.Tensor, flips: tf.Tensor, offsets: tf.Tensor, flip: bool, shift: int) -> tf.Tensor:
     """With `flip`, mirror the images where `flips` is true; with `shift`, move each by its (rows, columns) `offsets`,
     filling with 0."""
     if flip:
@@ -87,7 +88,7 @@ def train_batches(
         images: tf.Tensor, labels: tf.Tensor, flips: tf.Tensor, offsets: tf.Tensor
     ) -> tuple[tf.Tensor, tf.Tensor]:
         images, labels = _scale(images, labels)
-        return _augment(images, flips, offsets, flip, shift), labels
+        return augment(images, flips, offsets, flip, shift), labels
 
     return batches.map(scale_and_augment, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
@@ -97,3 +98,28 @@ def eval_batches(data: Split, batch_size: int, num_workers: int, worker_index: i
     shard = Split(data.images[worker_index::num_workers], data.labels[worker_index::num_workers])
     batches = tf.data.Dataset.from_tensor_slices(tuple(shard)).batch(batch_size)
     return batches.map(_scale, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+@dataclass
+class ArrayBatches:
+    """Batches of train, validation and test arrays held in memory (the `Batches` of dataset.py)."""
+
+    splits: dict[str, Split]  # train, validation, test
+    flip: bool = False
+    shift: int = 0
+
+    @property
+    def sizes(self) -> dict[str, int]:
+        """Samples per split."""
+        return {name: len(split.images) for name, split in self.splits.items()}
+
+    def train(
+        self, global_batch_size: int, seed: int, epoch: int, num_workers: int, worker_index: int
+    ) -> tf.data.Dataset:
+        """This worker's slice of every global batch of epoch `epoch` (train_batches)."""
+        return train_batches(self.splits["train"], global_batch_size, seed, epoch, num_workers, worker_index,
+                             self.flip, self.shift)  # fmt: skip
+
+    def evaluation(self, split: str, batch_size: int, num_workers: int, worker_index: int) -> tf.data.Dataset:
+        """This worker's share of `split` (eval_batches)."""
+        return eval_batches(self.splits[split], batch_size, num_workers, worker_index)

@@ -29,31 +29,37 @@ from ray.train.tensorflow import TensorflowTrainer
 
 from dltrain.config import import_target, worker_range
 from dltrain.console import epoch_message, sender
-from dltrain.data import DATASETS
-from dltrain.data import prepare as prepare_data
-from dltrain.data.pipeline import Split, eval_batches, steps_per_epoch, train_batches, train_validation_split
+from dltrain.data import batches as data_batches
+from dltrain.data.pipeline import steps_per_epoch
 from dltrain.engine.loop import DistributedLoop, resolve_jit_compile
 from dltrain.engine.precision import dtype_policy
 from dltrain.errors import DltrainError
 from dltrain.logs import output_to
+from dltrain.model_weights import local_weights
 from dltrain.progress import ProgressSender
 from dltrain.retrying_fs import StorageUnavailable, unavailable_in
-from dltrain.runs import CONFUSION_MATRIX_FILE, TEST_METRICS_FILE, Run
+from dltrain.runs import CONFUSION_MATRIX_FILE, MODEL_FILE, TEST_METRICS_FILE, Run
 from dltrain.stage import stage as worker_stage
 from dltrain.storage import open_storage
 
 log = logging.getLogger("dltrain")
 
 _STATE_FILE = "state.json"
-_MODEL_FILE = "model.keras"
 _CHECKPOINTS = "checkpoints"  # the run folder's, one folder per epoch: epoch-0001, ...
 
 
-def build_model(model_config: dict, input_shape: tuple[int, ...], num_classes: int) -> keras.Model:
-    """Call the model builder named by `_target_` with the other keys as keyword arguments."""
+def build_model(
+    model_config: dict, input_shape: tuple[int, ...], num_classes: int, storage_config: dict | None = None
+) -> keras.Model:
+    """Call the model builder named by `_target_` with the other keys as keyword arguments; a `weights` key that
+    names a run, a registered model or an S3 file (in the storage `storage_config` names) is handed over as a
+    local copy."""
     builder = import_target(model_config["_target_"])
     hyperparameters = {key: value for key, value in model_config.items() if key != "_target_"}
-    return builder(input_shape=input_shape, num_classes=num_classes, **hyperparameters)
+    with local_weights(hyperparameters.get("weights"), storage_config) as weights:
+        if "weights" in hyperparameters:
+            hyperparameters["weights"] = weights
+        return builder(input_shape=input_shape, num_classes=num_classes, **hyperparameters)
 
 
 def learning_rate(trainer: dict, steps_per_epoch: int) -> float | keras.optimizers.schedules.LearningRateSchedule:
@@ -94,7 +100,7 @@ def _restore(model: keras.Model, run: Run, stage: Path, rank: int) -> int:
         try:
             run.storage.download(f"{checkpoints}/{name}", folder)
             model.optimizer.build(model.trainable_variables)
-            model.load_weights(folder / _MODEL_FILE)
+            model.load_weights(folder / MODEL_FILE)
             return json.loads((folder / _STATE_FILE).read_text())["epochs_done"]
         except (OSError, ValueError, KeyError) as error:
             print(f"worker {rank}: checkpoint {name} does not load ({error}); trying the one before", flush=True)
@@ -125,7 +131,7 @@ class _PublishInDriver:
 
     def __call__(self, metrics: dict, checkpoint: Path, epoch: int) -> None:
         path, storage = f"{self.run.path}/{_checkpoint_name(epoch)}", self.run.storage
-        for name in (_MODEL_FILE, _STATE_FILE):  # each written whole (Storage.write_bytes)
+        for name in (MODEL_FILE, _STATE_FILE):  # each written whole (Storage.write_bytes)
             storage.write_bytes(f"{path}/{name}", (checkpoint / name).read_bytes())
         checkpoints = f"{self.run.path}/{_CHECKPOINTS}"
         for name in storage.list_folders(checkpoints)[: -self.keep]:
@@ -159,7 +165,7 @@ class _EpochReport(keras.callbacks.Callback):
             folder = self.stage / "checkpoint"
             shutil.rmtree(folder, ignore_errors=True)
             folder.mkdir()
-            self.model.save(folder / _MODEL_FILE)
+            self.model.save(folder / MODEL_FILE)
             (folder / _STATE_FILE).write_text(json.dumps({"epochs_done": epoch + 1}))
             self.run.storage.upload(self.stage / "tensorboard", f"{self.run.path}/tensorboard")
         self.run.storage.upload(self.log_file.parent, f"{self.run.path}/logs")
@@ -206,17 +212,15 @@ def _train(job: dict, run: Run, stage: Path, log_file: Path) -> None:
     if strategy.num_replicas_in_sync != workers:
         raise RuntimeError(f"expected one replica per worker, got {strategy.num_replicas_in_sync} for {workers}")
 
-    data = DATASETS[dataset["name"]]
-    (images, labels), test = data.load(prepare_data(dataset, job["storage"]))
-    train, validation = train_validation_split(
-        images, labels, dataset["validation_split"], trainer["seed"], dataset["limit"]
-    )
+    data = job["data"]
+    batches = data_batches(dataset, data, job["storage"], trainer["seed"])
+    sizes = batches.sizes
     global_batch = trainer["batch_size"]
     worker_batch = global_batch // workers
-    steps = steps_per_epoch(len(train.images), global_batch)
+    steps = steps_per_epoch(sizes["train"], global_batch)
 
     with strategy.scope(), dtype_policy(trainer["precision"]):
-        model = build_model(job["model"], data.INPUT_SHAPE, len(data.CLASS_NAMES))
+        model = build_model(job["model"], data.input_shape, len(data.class_names), job["storage"])
         compile_model(model, trainer, steps)
         initial_epoch = _restore(model, run, stage, rank)
 
@@ -241,25 +245,23 @@ def _train(job: dict, run: Run, stage: Path, log_file: Path) -> None:
     loop = DistributedLoop(model, strategy, global_batch, trainer["steps_per_execution"], jit_compile)
     if loop.sum_over_workers([initial_epoch])[0] != initial_epoch * workers:
         raise RuntimeError(f"worker {rank} restored epoch {initial_epoch}, and the other workers did not")
-    print(f"worker {rank}/{workers}: {len(train.images)} train, {len(validation.images)} validation samples; "
+    print(f"worker {rank}/{workers}: {sizes['train']} train, {sizes['validation']} validation samples; "
           f"starting at epoch {initial_epoch + 1}", flush=True)  # fmt: skip
     loop.fit(
-        lambda epoch: train_batches(
-            train, global_batch, trainer["seed"], epoch, workers, rank, dataset["flip"], dataset["shift"]
-        ),
+        lambda epoch: batches.train(global_batch, trainer["seed"], epoch, workers, rank),
         steps,
         trainer["epochs"],
         initial_epoch,
-        (lambda: eval_batches(validation, worker_batch, workers, rank)) if len(validation.images) else None,
+        (lambda: batches.evaluation("validation", worker_batch, workers, rank)) if sizes["validation"] else None,
         callbacks,
     )
     if loop.sum_over_workers([float(stop.requested)])[0] > 0:
         return  # stopped on request: no test evaluation and no final model; resume= continues the run
-    test_metrics, confusion = loop.evaluate(eval_batches(Split(*test), worker_batch, workers, rank))
+    test_metrics, confusion = loop.evaluate(batches.evaluation("test", worker_batch, workers, rank))
     if rank == 0:
         (stage / "model").mkdir()
-        model.save(stage / "model" / _MODEL_FILE)
-        confusion_matrix = {"class_names": list(data.CLASS_NAMES), "matrix": confusion.tolist()}
+        model.save(stage / "model" / MODEL_FILE)
+        confusion_matrix = {"class_names": list(data.class_names), "matrix": confusion.tolist()}
         (stage / "model" / CONFUSION_MATRIX_FILE).write_text(json.dumps(confusion_matrix))
         test_metrics = {f"test_{name}": value for name, value in test_metrics.items()}
         (stage / "model" / TEST_METRICS_FILE).write_text(json.dumps(test_metrics))

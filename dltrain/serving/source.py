@@ -5,10 +5,8 @@ import dataclasses
 import json
 
 from dltrain.registry import Registry
-from dltrain.runs import CONFUSION_MATRIX_FILE, RunStore
+from dltrain.runs import CONFUSION_MATRIX_FILE, MODEL_FILE, RunStore
 from dltrain.storage import Storage
-
-MODEL_FILE = "model.keras"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,8 +42,8 @@ def locate(storage: Storage, reference: str) -> ModelSource:
     confusion = f"{folder}/{CONFUSION_MATRIX_FILE}"
     if storage.exists(confusion):
         class_names = json.loads(storage.read_bytes(confusion))["class_names"]
-    else:  # a run from before class names were stored beside its model
-        from dltrain.data import DATASETS  # imports Keras: only here, so that `dltrain --help` stays quick
+    else:  # a Fashion-MNIST run from before class names were stored beside its model
+        from dltrain.data import fashion_mnist  # imports Keras: only here, so that `dltrain --help` stays quick
 
-        class_names = list(DATASETS[runs.get(run_id).config()["dataset"]["name"]].CLASS_NAMES)
+        class_names = list(fashion_mnist.CLASS_NAMES)
     return ModelSource(model_bytes, class_names, reference, run_id, name, version)
