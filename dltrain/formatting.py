@@ -19,8 +19,10 @@ def duration(seconds: float | None) -> str:
 
 
 def model_name(model: dict) -> str:
-    """`cnn` for a model config whose builder is dltrain.models.cnn.build_cnn: its name without build_."""
-    return model.get("_target_", "?").rsplit(".", 1)[-1].removeprefix("build_")
+    """`cnn` for a model config whose builder is dltrain.models.cnn.build_cnn: its name without build_; with the
+    model's own `name` where it has one (`backbone mobilenet_v2`)."""
+    builder = model.get("_target_", "?").rsplit(".", 1)[-1].removeprefix("build_")
+    return f"{builder} {model['name']}" if isinstance(model.get("name"), str) else builder
 
 
 def workers(resources: dict) -> str:

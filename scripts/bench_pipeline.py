@@ -4,13 +4,19 @@ shuffle, this worker's slices, scaling, prefetch) versus samples per second of d
 (`DistributedLoop` on one batch already in memory, so no input pipeline at all). Alternated, in one process.
 Target: the pipeline delivers >= 5x what training consumes.
 
+With --shards N, the pipeline is dataset=image_folder's instead: N of the images written as PNG files, prepared
+into Parquet shards, and streamed from them, decoded, resized and augmented in tf.data (image_folder.py).
+
     python scripts/bench_pipeline.py                                  # 2 epochs of 54,000 images, ~1 min
     python scripts/bench_pipeline.py --repetitions 5 --workers 2      # worker 0 of 2 (half of every batch)
+    python scripts/bench_pipeline.py --shards 20000                   # PNGs from Parquet shards, for the CNN
+    python scripts/bench_pipeline.py --shards 20000 --model mobilenet_v2 --image-size 32   # ... for a backbone
 
 Prints one JSON line at the end.
 """
 
 import argparse
+import tempfile
 import time
 from pathlib import Path
 
@@ -32,6 +38,12 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1, help="measure worker 0 of this many (its share of a batch)")
     parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="training steps timed per repetition")
     parser.add_argument("--repetitions", type=int, default=DEFAULT_REPETITIONS)
+    parser.add_argument(
+        "--shards", type=int, default=0, metavar="N", help="stream N images as PNGs from shards (0: from memory)"
+    )
+    parser.add_argument("--model", default="cnn", choices=["cnn", "mobilenet_v2"], help="what training runs")
+    parser.add_argument("--image-size", type=int, default=28, help="with --shards: the images are resized to this")
+    parser.add_argument("--augment", action="store_true", help="with --shards: flip and shift the training images")
     parser.add_argument("--output", type=Path, default=None, help="also write the JSON line to this file")
     args = parser.parse_args()
 
@@ -40,6 +52,7 @@ def main() -> None:
     from dltrain.data import fashion_mnist
     from dltrain.data.pipeline import train_batches, train_validation_split
     from dltrain.engine.loop import DistributedLoop
+    from dltrain.models.backbone import build_backbone
     from dltrain.models.cnn import build_cnn
 
     load_before = bench.load_average()
@@ -47,21 +60,37 @@ def main() -> None:
     (images, labels), _ = fashion_mnist.load(fashion_mnist.prepare(str(args.data), ""))
     train, _ = train_validation_split(images, labels, 0.1, seed)
 
+    folder = tempfile.TemporaryDirectory(prefix="bench-pipeline-")
+    if args.shards:
+        feed = _shard_feed(train, args.shards, Path(folder.name), args.image_size, seed, args.augment)
+        input_shape = (args.image_size, args.image_size, 1)
+
+        def epoch_batches(epoch: int) -> tf.data.Dataset:
+            return feed.train(args.batch_size, seed, epoch, args.workers, 0)
+    else:
+        input_shape = fashion_mnist.INPUT_SHAPE
+
+        def epoch_batches(epoch: int) -> tf.data.Dataset:
+            return train_batches(train, args.batch_size, seed, epoch, args.workers, 0)
+
     strategy = tf.distribute.MultiWorkerMirroredStrategy()  # as a lone worker builds it (no TF_CONFIG)
     with strategy.scope():
-        model = build_cnn(fashion_mnist.INPUT_SHAPE, len(fashion_mnist.CLASS_NAMES))
+        if args.model == "cnn":
+            model = build_cnn(input_shape, len(fashion_mnist.CLASS_NAMES))
+        else:
+            model = build_backbone(input_shape, len(fashion_mnist.CLASS_NAMES), args.model)
         model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     # Training alone: DistributedLoop.fit over one batch repeated (the worker's share of a global batch, as on
     # worker 0 of N), so its samples/s are what the steps consume with no input pipeline to wait for.
     loop = DistributedLoop(model, strategy, args.batch_size)
-    batch = next(iter(train_batches(train, args.batch_size, seed, 0, args.workers, 0)))
+    batch = next(iter(epoch_batches(0)))
     repeated = tf.data.Dataset.from_tensors(batch).repeat()
     loop.fit(lambda epoch: repeated.take(2), 2, 1)  # trace (and compile) the step outside the timing
 
     pipeline_rates, training_rates = [], []
     for repetition in range(args.repetitions):
         started, samples = time.perf_counter(), 0
-        for batch_images, _labels in train_batches(train, args.batch_size, seed, repetition, args.workers, 0):
+        for batch_images, _labels in epoch_batches(repetition):
             samples += int(batch_images.shape[0])
         pipeline_rates.append(samples / (time.perf_counter() - started))
 
@@ -73,6 +102,10 @@ def main() -> None:
     bench.emit(
         {
             "benchmark": "pipeline",
+            "source": f"{args.shards} PNGs in Parquet shards, resized to {args.image_size}"
+            if args.shards
+            else "memory",
+            "model": args.model,
             "global_batch": args.batch_size,
             "workers": args.workers,
             "samples_per_epoch": samples,  # this worker's
@@ -87,6 +120,28 @@ def main() -> None:
         },
         args.output,
     )
+
+
+def _shard_feed(train, count: int, folder: Path, image_size: int, seed: int, augment: bool):
+    """`count` training images written as CLASS/N.png, prepared as dltrain prepares a folder, and the
+    ShardBatches a worker streams them from (with `augment`: dataset.flip=true, dataset.shift=2)."""
+    import io
+
+    from PIL import Image
+
+    from dltrain.data import image_folder
+
+    for index in range(count):
+        (folder / "images" / str(train.labels[index])).mkdir(parents=True, exist_ok=True)
+        buffer = io.BytesIO()
+        Image.fromarray(train.images[index][..., 0], mode="L").save(buffer, format="PNG")
+        (folder / "images" / str(train.labels[index]) / f"{index}.png").write_bytes(buffer.getvalue())
+    dataset = {"name": "image_folder", "path": str(folder / "images"), "manifest": None, "label": "class",
+               "min_per_class": 1, "image_size": image_size, "channels": 1, "validation_split": 0.0,
+               "test_split": 0.01, "shuffle_buffer": 10_000, "flip": augment, "shift": 2 if augment else 0}  # fmt: skip
+    storage = {"uri": str(folder / "store"), "endpoint_url": None, "region": None, "retry_seconds": 5}
+    data = image_folder.describe(dataset, storage, seed)
+    return image_folder.batches(dataset, data, storage, seed)
 
 
 if __name__ == "__main__":

@@ -126,19 +126,27 @@ class ShardBatches:
         """The encoded images of `rows` with their class numbers, streamed from the shards."""
         classes = self.plan.row_class
 
-        def generate() -> Iterator[tuple[bytes, int]]:
-            for data, row in shards.stream_images(self.filesystem, self.folder, self.index, rows, shard_order):
-                yield data, classes[row]
+        def generate() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+            for data, numbers in shards.stream_images(self.filesystem, self.folder, self.index, rows, shard_order):
+                yield np.array(data, dtype=object), classes[numbers].astype(np.int32)
 
-        return tf.data.Dataset.from_generator(
-            generate, output_signature=(tf.TensorSpec((), tf.string), tf.TensorSpec((), tf.int32))
+        # A record batch per Python call, then single images in TensorFlow: tf.data's per-element cost of a
+        # Python generator would otherwise be the pipeline's bottleneck.
+        chunks = tf.data.Dataset.from_generator(
+            generate, output_signature=(tf.TensorSpec((None,), tf.string), tf.TensorSpec((None,), tf.int32))
         )
+        return chunks.unbatch()
 
     def _decode(self, data: tf.Tensor, label: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         """An image decoded with `channels`, resized to `image_size` (bilinear) and scaled to [0, 1]."""
         image = tf.io.decode_image(data, channels=self.channels, expand_animations=False)
-        image = tf.image.resize(image, [self.image_size, self.image_size]) / 255.0
-        return tf.ensure_shape(image, [self.image_size, self.image_size, self.channels]), label
+        size = [self.image_size, self.image_size]
+        image = tf.cond(
+            tf.reduce_all(tf.shape(image)[:2] == size),
+            lambda: tf.cast(image, tf.float32),  # already that size: no resampling
+            lambda: tf.image.resize(image, size),
+        )
+        return tf.ensure_shape(image / 255.0, [*size, self.channels]), label
 
     def train(
         self, global_batch_size: int, seed: int, epoch: int, num_workers: int, worker_index: int

@@ -175,8 +175,8 @@ def read_columns(filesystem: pafs.FileSystem, folder: str, index: dict, columns:
 
 def stream_images(
     filesystem: pafs.FileSystem, folder: str, index: dict, rows: np.ndarray, shard_order: np.ndarray | None = None
-) -> Iterator[tuple[bytes, int]]:
-    """(image bytes, row number) of the sorted global row numbers `rows`, a record batch at a time, shard after
+) -> Iterator[tuple[list[bytes], np.ndarray]]:
+    """(image bytes, row numbers) of the sorted global row numbers `rows`, a record batch at a time, shard after
     shard (in `shard_order`, if given): only the rows asked for are kept in memory."""
     starts = np.cumsum([0] + [shard["rows"] for shard in index["shards"]])
     order = range(len(index["shards"])) if shard_order is None else shard_order
@@ -189,7 +189,6 @@ def stream_images(
             offset = 0
             for batch in pq.ParquetFile(file).iter_batches(columns=["image"], batch_size=1024):
                 mine = wanted[(wanted >= offset) & (wanted < offset + batch.num_rows)]
-                images = batch.column(0)
-                for row in mine:
-                    yield images[int(row - offset)].as_py(), int(first + row)
+                if len(mine):
+                    yield batch.column(0).take(pa.array(mine - offset)).to_pylist(), first + mine
                 offset += batch.num_rows

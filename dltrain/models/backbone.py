@@ -202,6 +202,7 @@ def build_backbone(
     freeze: bool | int = False,
     input_size: int | None = None,
     head: Mapping | None = None,
+    batch_norm_momentum: float = 0.9,
 ) -> keras.Model:
     """A keras.applications base (one layer named "backbone") and a softmax head, on images scaled to [0, 1].
 
@@ -209,6 +210,8 @@ def build_backbone(
     transfer learning from a previous run) or a keras.applications no-top weights file (.weights.h5 or .h5).
     freeze: True freezes the whole base (and runs its BatchNormalization in inference mode), N freezes all but its
     last N layers. input_size: resize the images to input_size x input_size inside the model first.
+    batch_norm_momentum: of the base's BatchNormalization moving statistics (keras.applications' own 0.999 takes
+    thousands of steps to forget its initial values: until then, inference on a base trained from scratch is chance).
     head: {"dropout": before the classifier, "dense_units": a hidden ReLU layer of that width, 0 for none,
     "from_weights": also copy the head from the .keras `weights` (the same classes: fine-tuning a transferred model)}.
     """
@@ -232,7 +235,16 @@ def build_backbone(
             f"set model.input_size={minimum} (or more) to resize them inside the model"
         )
 
+    if (
+        isinstance(batch_norm_momentum, bool)
+        or not isinstance(batch_norm_momentum, (int, float))
+        or not (0.0 < batch_norm_momentum < 1.0)
+    ):
+        raise ValueError(f"batch_norm_momentum must be a number in (0, 1), got {batch_norm_momentum!r}")
     base = _build_base(name, (height, width), weights_kind, weights_path)
+    for layer in base.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = float(batch_norm_momentum)
     if freeze is not True and freeze is not False and freeze > len(base.layers):
         raise ValueError(f"freeze={freeze} exceeds the {len(base.layers)} layers of the {name} base")
     source = _copy_backbone(base, weights_path, name) if weights_kind == "keras" else None

@@ -33,13 +33,17 @@ def run(args: argparse.Namespace) -> None:
         raise DltrainError(f"--shard-mb {args.shard_mb}: expected a number of MB > 0")
     resolve = resolver({"endpoint_url": args.endpoint_url, "region": args.region})
     try:
-        if shards.read_index(*resolve(args.destination)) is not None:
-            raise DltrainError(f"{args.destination} already holds a prepared data set: give a new folder")
+        done = shards.read_index(*resolve(args.destination)) is not None
+    except (OSError, ValueError) as error:
+        raise DltrainError(f"{args.destination}: {error}") from error
+    if done:
+        raise DltrainError(f"{args.destination} already holds a prepared data set: give a new folder")
+    try:
         manifest = args.source.lower().endswith((".csv", ".parquet"))
         table = shards.read_manifest(resolve, args.source) if manifest else shards.scan_folder(resolve, args.source)
         prepared = shards.prepare(resolve, table, args.destination, int(args.shard_mb * 2**20))
     except (OSError, ValueError) as error:
-        raise DltrainError(f"{args.source}: {error}") from error
+        raise DltrainError(str(error) if args.source in str(error) else f"{args.source}: {error}") from error
     columns = ", ".join(name for name in table.column_names if name != "path")
     print(f"prepared {prepared.images:,} images of {args.source} into {prepared.shards} shard(s) in "
           f"{args.destination}; label columns: {columns}")  # fmt: skip
