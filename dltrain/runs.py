@@ -219,9 +219,14 @@ class Run:
         self._write_json(STOP_REQUEST_FILE, {"requested": _now(), "by": by})
 
     def stop_request(self) -> dict | None:
-        """The pending stop request ({requested, by}), or None."""
+        """The pending stop request ({requested, by}), or None; one made before the run's latest resume is not for
+        it (an S3 server may still list the file that resuming deleted)."""
         path = f"{self.path}/{STOP_REQUEST_FILE}"
-        return self._read_json(STOP_REQUEST_FILE) if self.storage.exists(path) else None
+        if not self.storage.exists(path):
+            return None
+        request = self._read_json(STOP_REQUEST_FILE)
+        resumed = self.status().get("resumed", [])
+        return None if resumed and request["requested"] < resumed[-1] else request
 
     def clear_stop_request(self) -> None:
         """Forget a stop request (a resumed run goes on)."""

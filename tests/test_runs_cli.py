@@ -363,15 +363,17 @@ def test_runs_stop_from_another_process_stops_at_an_epoch_end_and_ctrl_c_stops_t
         [DLTRAIN, "train", f"resume={run_id}", *storage], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env=env,
     )  # fmt: skip
+    seen = []  # what the resumed run printed, for the assertion's message
     try:
         for line in process.stdout:
-            if line.startswith("epoch 3/50  loss"):  # the epoch line, not a progress line
+            seen.append(line)
+            if "epoch 3/50  loss" in line:  # the epoch line, not a progress line
                 break
         process.send_signal(signal.SIGINT)
         process.wait(timeout=90)
     finally:
         process.kill()
-    assert process.returncode == 130, process.stderr.read()[-3000:]
+    assert process.returncode == 130, "".join(seen)[-3000:] + process.stderr.read()[-3000:]
     shown = json.loads(_dltrain("runs", "show", run_id, "--json", *options, env=env).stdout)
     assert (shown["status"]["status"], shown["status"]["error"]) == ("STOPPED", "interrupted by the user")
     assert "checkpoints/epoch-0003/model.keras" in shown["files"] and "stop_request.json" not in shown["files"]
