@@ -137,7 +137,7 @@ def _run(job: dict, run: Run, parameters: int) -> dict:
     else:
         with lifecycle.recorded(run), cluster.ray_connection(job["ray"]["address"]):
             per_worker = cluster.worker_resources(job["resources"])
-            cluster.check_paths_on_nodes(job["dataset"]["path"], run.storage)
+            cluster.check_paths_on_nodes(job["data"].shared_path, run.storage)
             print(f"dltrain: {parameters:,} parameters; {formatting.workers(job['resources'])} worker(s) x "
                   f"{per_worker}")  # fmt: skip
             with Console(job["trainer"]["progress"]) as console:

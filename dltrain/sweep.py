@@ -136,6 +136,8 @@ def _trial(params: dict, job: dict, sweep_id: str, per_worker: dict, console: Ac
     and Tune fails a sweep whose trial ends without reporting its metric: the last report covers that trial.
     """
     trial_job = search_space.assign(job, params) | {"sweep": None, "resume": None, "rerun": None}
+    if trial_job["dataset"] != job["dataset"]:  # its own input shape, classes and splits, not the driver's
+        trial_job["data"] = lifecycle.check_data(trial_job)
     store = RunStore(open_storage(job["storage"]))
     run_id = trial_run_id(sweep_id, tune.get_context().get_trial_id())
     try:
@@ -263,7 +265,7 @@ def _tune(job: dict, sweep: Run, trials: int, at_once: int, resuming: bool, cons
     send their progress to `console`, which the trial table shows."""
     settings = job["sweep"]
     per_worker = cluster.worker_resources(job["resources"], at_once)
-    cluster.check_paths_on_nodes(job["dataset"]["path"], sweep.storage)
+    cluster.check_paths_on_nodes(job["data"].shared_path, sweep.storage)
     sweep.set_status("RUNNING")
     print(
         f"dltrain: {trials} trials of {settings['metric']} ({settings['mode']}), {at_once} at a time, each "

@@ -105,7 +105,9 @@ def test_a_complete_data_folder_is_only_read(real_data, tmp_path, monkeypatch):
     monkeypatch.setenv("DLTRAIN_CACHE", str(tmp_path / "cache"))
     dataset = {"name": "fashion_mnist", "path": None, "mirror": "http://127.0.0.1:9/", "classes": None,
                "per_class": None, "limit": 1000, "validation_split": 0.1, "flip": False, "shift": 0}  # fmt: skip
-    assert describe(dataset, {}, seed=0).location == str(folder)
+    data = describe(dataset, {}, seed=0)
+    assert data.location == str(folder)
+    assert data.shared_path is None  # no dataset.path: each node of a cluster finds (or downloads) its own files
     assert {path.name: path.stat().st_mtime_ns for path in folder.iterdir()} == before
     assert not (tmp_path / "cache").exists()  # no download, so no lock either
 
@@ -239,3 +241,15 @@ def test_eval_shards_cover_every_sample_once():
         for images_batch, labels_batch in eval_batches(Split(images, np.arange(1001)), 50, 3, w)
     ]
     assert sorted(np.concatenate(seen).tolist()) == list(range(1001))
+
+
+@pytest.mark.parametrize(
+    "keys", [{}, {"classes": [5, 6, 7, 8, 9], "per_class": 100}, {"classes": [3, 1], "limit": 5000}]
+)
+def test_the_driver_counts_the_splits_the_workers_train_on(real_data, keys):
+    """describe counts the splits from the label files alone; they are the sizes of the workers' image splits."""
+    dataset = {"name": "fashion_mnist", "path": str(real_data), "mirror": "http://127.0.0.1:9/", "classes": None,
+               "per_class": None, "limit": None, "validation_split": 0.1, "flip": False, "shift": 0} | keys  # fmt: skip
+    data = describe(dataset, {}, seed=7)
+    assert data.sizes == fashion_mnist.splits(real_data, dataset, seed=7).sizes
+    assert data.shared_path == str(real_data)  # a local dataset.path: every node of a cluster must have it

@@ -54,6 +54,10 @@ def test_a_class_folder_becomes_parquet_shards_without_its_corrupt_files(sources
     assert stored.num_rows == sources.images == sum(shard["rows"] for shard in index["shards"])
     assert {Path(path).suffix for path in stored.column("path").to_pylist()} == {".png", ".jpg"}
     assert sorted(set(stored.column("class").to_pylist())) == list(sources.garments)
+    # Trained on as dataset.path, these local shards are what every node of a cluster must see.
+    data = describe(_dataset(path=str(tmp_path / "shards")), _local(tmp_path), seed=1)
+    assert data.location == data.shared_path == str(tmp_path / "shards")
+    assert not (tmp_path / "store").exists()  # used as they are: nothing prepared
 
 
 def test_a_manifest_is_labelled_by_the_column_chosen(sources, tmp_path):
@@ -66,6 +70,7 @@ def test_a_manifest_is_labelled_by_the_column_chosen(sources, tmp_path):
     assert sum(data.sizes.values()) == sources.images
     assert any("skipped 3 unreadable image(s)" in note and "broken-1.png" in note for note in data.notes)
     assert data.location.startswith(str(tmp_path / "store" / "datasets"))
+    assert data.shared_path is None  # the workers read the shards from the storage, not the driver's manifest
     # The decoy column labels the same images otherwise; the shards made for the first call are reused.
     decoy = describe(_dataset(manifest=str(sources.manifest), label="gallery"), _local(tmp_path), seed=1)
     assert decoy.class_names == tuple(sorted(DECOYS)) and decoy.location == data.location

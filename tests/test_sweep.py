@@ -15,6 +15,7 @@ from conftest import compose_config
 from s3server import create_bucket
 
 from dltrain.config import resolve
+from dltrain.data.fashion_mnist import CLASS_NAMES
 from dltrain.errors import DltrainError
 from dltrain.search_space import Dimension, flatten, parse
 from dltrain.sweep import _scheduler, param_space, trial_count
@@ -153,7 +154,8 @@ def test_asha_sweep_stops_poor_trials_early_and_records_every_trial(real_data, t
     result = _dltrain(
         "sweep=asha", "sweep.num_samples=4", "trainer.epochs=4", "sweep.scheduler.grace_period=1",
         "sweep.scheduler.reduction_factor=2", "sweep.space.trainer.batch_size='choice([32, 64])'",
-        f"dataset.path={real_data}", f"storage.uri={tmp_path}", *TINY,
+        "+sweep.space.dataset.classes='choice([[0, 1, 2], [3, 4, 5, 6, 7]])'", f"dataset.path={real_data}",
+        f"storage.uri={tmp_path}", *TINY,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     sweep_id = result.stdout.splitlines()[0].split()[2]
@@ -163,6 +165,11 @@ def test_asha_sweep_stops_poor_trials_early_and_records_every_trial(real_data, t
     stopped = [row for row in rows if row["status"] == "STOPPED"]
     assert stopped and all(row["epochs"] < 4 for row in stopped)
     assert all(row["epochs"] == 4 and row["test_accuracy"] > 0.1 for row in rows if row["status"] == "COMPLETED")
+    for row in rows:  # each trial trained on its own classes, not on the driver's ten
+        if row["status"] == "COMPLETED":
+            classes = yaml.safe_load((tmp_path / row["run_id"] / "config.yaml").read_text())["dataset"]["classes"]
+            tested = json.loads((tmp_path / row["run_id"] / "summary.json").read_text())["test_accuracy_per_class"]
+            assert list(tested) == [CLASS_NAMES[number] for number in classes], row
     for row in stopped:
         status = _status(tmp_path / row["run_id"])
         assert status["error"] == f"stopped early by the asha scheduler after epoch {row['epochs']}"

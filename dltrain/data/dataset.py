@@ -10,8 +10,8 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class DataSet:
     """A located, checked data set: its input shape and class names, where workers read it, its files' md5s
-    (for the run's provenance), its samples per split, and lines worth telling the user (skipped images,
-    dropped classes)."""
+    (for the run's provenance), its samples per split, lines worth telling the user (skipped images, dropped
+    classes), and the local folder that every node of a cluster must share (None: none, or an s3:// one)."""
 
     input_shape: tuple[int, ...]
     class_names: tuple[str, ...]
@@ -19,6 +19,7 @@ class DataSet:
     files_md5: dict[str, str]
     sizes: dict[str, int]
     notes: tuple[str, ...] = field(default=())
+    shared_path: str | None = None
 
 
 class Batches(Protocol):

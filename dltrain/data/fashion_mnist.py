@@ -112,15 +112,28 @@ def class_names(dataset: dict) -> tuple[str, ...]:
     return CLASS_NAMES if classes is None else tuple(CLASS_NAMES[number] for number in classes)
 
 
-def splits(folder: Path, dataset: dict, seed: int) -> ArrayBatches:
-    """The train, validation and test splits a `dataset` config asks for, from the files in `folder`."""
-    (images, labels), (test_images, test_labels) = load(folder)
+def _split(images: np.ndarray, labels: np.ndarray, test_images: np.ndarray, test_labels: np.ndarray, dataset: dict,
+           seed: int) -> dict[str, Split]:  # fmt: skip
+    """The train, validation and test splits a `dataset` config asks for."""
     train, validation = train_validation_split(
         *select(images, labels, dataset["classes"], dataset["per_class"]), dataset["validation_split"], seed,
         dataset["limit"],
     )  # fmt: skip
-    test = select(test_images, test_labels, dataset["classes"])
-    return ArrayBatches({"train": train, "validation": validation, "test": test}, dataset["flip"], dataset["shift"])
+    return {"train": train, "validation": validation, "test": select(test_images, test_labels, dataset["classes"])}
+
+
+def splits(folder: Path, dataset: dict, seed: int) -> ArrayBatches:
+    """The train, validation and test splits a `dataset` config asks for, from the files in `folder`."""
+    (images, labels), (test_images, test_labels) = load(folder)
+    return ArrayBatches(_split(images, labels, test_images, test_labels, dataset, seed), dataset["flip"],
+                        dataset["shift"])  # fmt: skip
+
+
+def _sizes(folder: Path, dataset: dict, seed: int) -> dict[str, int]:
+    """Samples per split, from the label files alone: the splits of the images' indices."""
+    labels, test_labels = (read_idx(Path(folder) / FILES[key][0]) for key in ("train_labels", "test_labels"))
+    indices = _split(np.arange(len(labels)), labels, np.arange(len(test_labels)), test_labels, dataset, seed)
+    return {name: len(split.labels) for name, split in indices.items()}
 
 
 def _folder(dataset: dict, storage: dict) -> Path:
@@ -136,9 +149,11 @@ def _folder(dataset: dict, storage: dict) -> Path:
 def describe(dataset: dict, storage: dict, seed: int) -> DataSet:
     """The driver's check of a `dataset` config: the files located (downloaded if needed) and verified."""
     folder = _folder(dataset, storage)
+    # dataset.path is read on every node (each finds or downloads its own files where it is null).
+    shared = dataset["path"] if dataset["path"] and "://" not in dataset["path"] else None
     return DataSet(
         INPUT_SHAPE, class_names(dataset), str(folder), {name: md5 for name, md5 in FILES.values()},
-        splits(folder, dataset, seed).sizes,
+        _sizes(folder, dataset, seed), shared_path=shared,
     )  # fmt: skip
 
 

@@ -234,7 +234,10 @@ def describe(dataset: dict, storage: dict, seed: int) -> DataSet:
         notes.append(f"left out {split.unlabelled} image(s) without a {dataset['label']} value")
     input_shape = (dataset["image_size"], dataset["image_size"], dataset["channels"])
     md5s = {shard["file"]: shard["md5"] for shard in index["shards"]}
-    return DataSet(input_shape, split.class_names, location, md5s, split.counts(), tuple(notes))
+    # Workers read only the shards: a raw folder or manifest need be on the driver alone, and shards prepared
+    # into the storage are checked with it. Local shards given as dataset.path must be on every node.
+    shared = location if location == dataset["path"] and "://" not in location else None
+    return DataSet(input_shape, split.class_names, location, md5s, split.counts(), tuple(notes), shared)
 
 
 def batches(dataset: dict, data: DataSet, storage: dict, seed: int) -> ShardBatches:
