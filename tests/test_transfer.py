@@ -14,11 +14,11 @@ SCRIPT = Path(__file__).parents[1] / "scripts" / "transfer.py"
 
 @pytest.mark.slow
 def test_a_new_head_trains_on_the_frozen_pretrained_backbone(real_data, tmp_path):
-    # A shorter version of the recipe (1,000 images per class for 3 epochs of pretraining, 3 epochs after it),
-    # deterministic. It checks the mechanics, not the README's accuracies: those need the recipe's budget.
+    # A shorter version of the recipe (1,000 images per class for 3 epochs of pretraining, 10 epochs after it),
+    # deterministic: the README's accuracies need the recipe's budget, but the transfer shows already.
     result = subprocess.run(
         [sys.executable, str(SCRIPT), "--data", str(real_data), "--storage", str(tmp_path / "runs"),
-         "--pretrain-per-class", "1000", "--pretrain-epochs", "3", "--epochs", "3", "--skip-fine-tune", "--set",
+         "--pretrain-per-class", "1000", "--pretrain-epochs", "3", "--epochs", "10", "--skip-fine-tune", "--set",
          "trainer.deterministic=true", "--json", str(tmp_path / "transfer.json")],
         capture_output=True, text=True, timeout=900,
     )  # fmt: skip
@@ -26,7 +26,9 @@ def test_a_new_head_trains_on_the_frozen_pretrained_backbone(real_data, tmp_path
     steps = json.loads((tmp_path / "transfer.json").read_text())
     assert list(steps) == ["pretrain", "before", "after"]
     assert all(f"| {name} | {step['test_accuracy']:.4f} |" in result.stdout for name, step in steps.items())
-    assert steps["after"]["test_accuracy"] > 0.2, steps  # better than chance on 5 classes: the head learned
+    # On 20 images per class, the head on the pretrained base beats the same architecture from scratch by a clear
+    # margin (measured here: 0.41 against 0.20, chance; the README's recipe: 0.58 against 0.29).
+    assert steps["after"]["test_accuracy"] >= steps["before"]["test_accuracy"] + 0.1, steps
     # The head was new and the base frozen: the transferred run's backbone is the pretrained one, bit for bit.
     import keras
 
