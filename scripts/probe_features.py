@@ -74,7 +74,9 @@ def main() -> None:
         ):
             accuracies = []
             for count in budgets:
-                chosen = np.concatenate([np.flatnonzero(train.labels == label)[:count] for label in range(5)])
+                chosen = np.concatenate(
+                    [np.flatnonzero(train.labels == label)[:count] for label in range(len(NEW_CLASSES))]
+                )
                 accuracies.append(
                     probe_accuracy(train_features[chosen], train.labels[chosen], test_features, test.labels)
                 )

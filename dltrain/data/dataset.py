@@ -11,7 +11,8 @@ if TYPE_CHECKING:
 class DataSet:
     """A located, checked data set: its input shape and class names, where workers read it, its files' md5s
     (for the run's provenance), its samples per split, lines worth telling the user (skipped images, dropped
-    classes), and the local folder that every node of a cluster must share (None: none, or an s3:// one)."""
+    classes), and the dataset.path its workers read as it is, which every node of a cluster must then see
+    (None: none; cluster.check_paths_on_nodes skips an s3:// one)."""
 
     input_shape: tuple[int, ...]
     class_names: tuple[str, ...]

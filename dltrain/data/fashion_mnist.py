@@ -150,10 +150,9 @@ def describe(dataset: dict, storage: dict, seed: int) -> DataSet:
     """The driver's check of a `dataset` config: the files located (downloaded if needed) and verified."""
     folder = _folder(dataset, storage)
     # dataset.path is read on every node (each finds or downloads its own files where it is null).
-    shared = dataset["path"] if dataset["path"] and "://" not in dataset["path"] else None
     return DataSet(
         INPUT_SHAPE, class_names(dataset), str(folder), {name: md5 for name, md5 in FILES.values()},
-        _sizes(folder, dataset, seed), shared_path=shared,
+        _sizes(folder, dataset, seed), shared_path=dataset["path"],
     )  # fmt: skip
 
 

@@ -235,8 +235,8 @@ def describe(dataset: dict, storage: dict, seed: int) -> DataSet:
     input_shape = (dataset["image_size"], dataset["image_size"], dataset["channels"])
     md5s = {shard["file"]: shard["md5"] for shard in index["shards"]}
     # Workers read only the shards: a raw folder or manifest need be on the driver alone, and shards prepared
-    # into the storage are checked with it. Local shards given as dataset.path must be on every node.
-    shared = location if location == dataset["path"] and "://" not in location else None
+    # into the storage are checked with it. Shards given as dataset.path must be on every node.
+    shared = location if location == dataset["path"] else None
     return DataSet(input_shape, split.class_names, location, md5s, split.counts(), tuple(notes), shared)
 
 
