@@ -1,9 +1,8 @@
-"""The Ray cluster a run uses: the connection (an embedded local Ray or a cluster), whether it can place the
-run's workers, whether its local paths are on every node, and how long a run waits for its workers."""
+"""The Ray cluster a run uses: the connection (an embedded local Ray or a cluster), whether its local paths are on
+every node, and how long a run waits for its workers (capacity.py: whether it can hold them)."""
 
 import contextlib
 import logging
-import math
 import os
 import socket
 import tempfile
@@ -19,12 +18,12 @@ from ray.train.v2._internal.execution.callback import ControllerCallback
 from ray.train.v2._internal.execution.controller.state import RunningState
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from dltrain.capacity import describe_amounts, describe_demand
 from dltrain.config import worker_range
 from dltrain.errors import DltrainError
 from dltrain.stage import temporary_name
 from dltrain.storage import Storage
 
-TRIAL_CPUS = 0.01  # what a sweep's trial (which only starts its workers) reserves; Tune refuses 0
 _RAY_ATTEMPT_S = 60  # Ray Train's own limit on one attempt to place a run's workers
 # Ray Train's controller collects the workers' reports on this poll (Ray's default: 2 s), and only then does an
 # epoch line reach the console: 0.5 s keeps it within a second of the epoch's end.
@@ -93,15 +92,16 @@ def trains_in_driver(job: dict) -> bool:
 
 
 @contextlib.contextmanager
-def ray_connection(address: str | None, dashboard: bool = False) -> Iterator[None]:
-    """Use the Ray already initialised, else the given cluster ($RAY_ADDRESS), else an embedded local Ray.
+def ray_connection(address: str | None, dashboard: bool = False) -> Iterator[bool]:
+    """Use the Ray already initialised, else the given cluster ($RAY_ADDRESS), else an embedded local Ray; yields
+    whether it started an embedded Ray (which no autoscaler grows).
 
     The embedded Ray listens and talks on 127.0.0.1 only, and is shut down on exit. Sweeps need its `dashboard`
     (on 127.0.0.1): Ray Train V2 asks its state API whether a stopped trial's controller is gone before it frees
     that trial's workers.
     """
     if ray.is_initialized():
-        yield
+        yield False
         return
     address = address or os.environ.get("RAY_ADDRESS")
     quiet = {"logging_level": logging.ERROR, "log_to_driver": False}
@@ -127,48 +127,9 @@ def ray_connection(address: str | None, dashboard: bool = False) -> Iterator[Non
                 )
                 ray.init(address="local", include_dashboard=dashboard, _temp_dir=ray_temp, **quiet)
         try:
-            yield
+            yield not address
         finally:
             ray.shutdown()
-
-
-def _slots(nodes: list[dict[str, float]], per_worker: dict[str, float]) -> float:
-    """How many workers of `per_worker` these nodes' resources can hold (without limit if they need nothing)."""
-    needed = {name: amount for name, amount in per_worker.items() if amount > 0}
-    if not needed:
-        return math.inf
-    return sum(min(math.floor(node.get(name, 0) / amount + 1e-9) for name, amount in needed.items()) for node in nodes)
-
-
-def worker_resources(resources: dict, trials_at_once: int | None = None) -> dict[str, float]:
-    """Ray resources for one worker of a run, or of one of a sweep's `trials_at_once` trials sharing the cluster;
-    DltrainError if this cluster can never place one run's workers (an elastic run's min_workers)."""
-    workers, use_gpu = resources["num_workers"], resources["use_gpu"]
-    least = worker_range(resources)[0]  # an elastic run starts with at least min_workers
-    nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
-    total_cpus = sum(node.get("CPU", 0) for node in nodes)
-    # CPU workers share the machine (Ray caps each worker's threads at its CPUs); GPU workers need one CPU each.
-    # Trials share it equally, each keeping TRIAL_CPUS for itself.
-    run_cpus = total_cpus if trials_at_once is None else total_cpus / trials_at_once - TRIAL_CPUS
-    share = math.floor(run_cpus / workers * 100) / 100  # Ray rounds resources to 1/10,000: stay below the total
-    cpus = resources["cpus_per_worker"] or (min(1.0, share) if use_gpu else share)
-    per_worker = {"CPU": cpus, **({"GPU": 1} if use_gpu else {})}
-    demand = describe_demand(least if least < workers else workers, per_worker)
-
-    maximum = ray._private.state.state.get_max_resources_from_cluster_config()
-    if maximum:  # an autoscaler can add nodes up to these totals
-        short = [name for name, amount in per_worker.items() if amount * least > maximum.get(name, 0)]
-        have = {name: maximum.get(name, 0) for name in short}
-    else:
-        short = [] if _slots(nodes, per_worker) >= least else list(per_worker)
-        have = {name: sum(node.get(name, 0) for node in nodes) for name in per_worker}
-    if short:
-        hint = "use resources=cpu or resources.use_gpu=false" if use_gpu else "lower resources.cpus_per_worker"
-        raise DltrainError(
-            f"resources need {demand}; this Ray cluster has {describe_amounts(have)} "
-            f"and {'cannot scale beyond that' if maximum else 'cannot scale'}: {hint}, or add nodes"
-        )
-    return per_worker
 
 
 @contextlib.contextmanager
@@ -189,16 +150,6 @@ def controller_settings(wait_s: float) -> Iterator[None]:
     }
     with _environment(**settings):
         yield
-
-
-def describe_amounts(amounts: dict[str, float]) -> str:
-    """`{"GPU": 2, "CPU": 1}` as "2 GPU, 1 CPU"."""
-    return ", ".join(f"{amount:g} {name}" for name, amount in amounts.items())
-
-
-def describe_demand(workers: int, per_worker: dict[str, float]) -> str:
-    """ "4 workers x {GPU: 1, CPU: 0.5}"."""
-    return f"{workers} workers x {{{', '.join(f'{name}: {amount:g}' for name, amount in per_worker.items())}}}"
 
 
 @ray.remote(num_cpus=0)

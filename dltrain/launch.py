@@ -8,7 +8,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from dltrain import cluster, formatting, lifecycle, sweep
+from dltrain import capacity, cluster, formatting, lifecycle, sweep
 from dltrain.console import Console, EpochRelay
 from dltrain.errors import DltrainError
 from dltrain.frameworks import tensorflow as framework
@@ -135,8 +135,11 @@ def _run(job: dict, run: Run, parameters: int) -> dict:
             trainer = framework.DriverTrainer(job, run, console.handle, console.shows_progress)
             summary = lifecycle.execute(job, run, trainer)
     else:
-        with lifecycle.recorded(run), cluster.ray_connection(job["ray"]["address"]):
-            per_worker = cluster.worker_resources(job["resources"])
+        with lifecycle.recorded(run), cluster.ray_connection(job["ray"]["address"]) as embedded:
+            autoscaling = capacity.autoscaled(embedded)
+            per_worker = capacity.worker_resources(job["resources"], autoscaling)
+            with lifecycle.terminate_as_interrupt():
+                capacity.ensure_capacity(job["resources"], per_worker, job["ray"]["wait_for_workers_s"], autoscaling)
             cluster.check_paths_on_nodes(job["data"].shared_path, run.storage)
             print(f"dltrain: {parameters:,} parameters; {formatting.workers(job['resources'])} worker(s) x "
                   f"{per_worker}")  # fmt: skip

@@ -76,7 +76,7 @@ def fit(fittable: Any) -> Any:
 
     thread = threading.Thread(target=run, name="dltrain-fit", daemon=True)
     thread.start()
-    with _terminate_as_interrupt():
+    with terminate_as_interrupt():
         try:
             while thread.is_alive():
                 thread.join(timeout=0.5)
@@ -91,7 +91,7 @@ def fit(fittable: Any) -> Any:
 
 
 @contextlib.contextmanager
-def _terminate_as_interrupt() -> Iterator[None]:
+def terminate_as_interrupt() -> Iterator[None]:
     """In this block SIGTERM (what `ray job stop`, Kubernetes and systemd send) is a Ctrl-C: the run is STOPPED.
 
     (ray.init's own handler would exit the process at once, leaving the run RUNNING.)

@@ -26,7 +26,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule, TrialScheduler
 from ray.tune.search import BasicVariantGenerator
 
-from dltrain import cluster, formatting, lifecycle, plots, search_space
+from dltrain import capacity, cluster, formatting, lifecycle, plots, search_space
 from dltrain.console import Console
 from dltrain.errors import DltrainError
 from dltrain.frameworks import tensorflow as framework
@@ -238,10 +238,10 @@ def run_sweep(job: dict, sweep: Run, resuming: bool) -> dict:
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # Tune's legacy console output, which verbose=0 silences: _Progress reports
     with lifecycle.recorded(sweep):
         try:
-            with cluster.ray_connection(job["ray"]["address"], dashboard=True), Console("none") as console:
+            with cluster.ray_connection(job["ray"]["address"], dashboard=True) as embedded, Console("none") as console:
                 _CONSOLES[sweep.id] = console
                 try:
-                    results = _tune(job, sweep, trials, at_once, resuming, console)
+                    results = _tune(job, sweep, trials, at_once, resuming, console, embedded)
                 finally:
                     del _CONSOLES[sweep.id]
         except KeyboardInterrupt:
@@ -260,11 +260,17 @@ def run_sweep(job: dict, sweep: Run, resuming: bool) -> dict:
     return summary
 
 
-def _tune(job: dict, sweep: Run, trials: int, at_once: int, resuming: bool, console: Console) -> tune.ResultGrid:
-    """Run the trials with Ray Tune on the connected Ray, continuing Tune's saved state when resuming; the trials
-    send their progress to `console`, which the trial table shows."""
+def _tune(
+    job: dict, sweep: Run, trials: int, at_once: int, resuming: bool, console: Console, embedded: bool
+) -> tune.ResultGrid:
+    """Run the trials with Ray Tune on the connected Ray (an `embedded` one, or a cluster that may autoscale),
+    continuing Tune's saved state when resuming; the trials send their progress to `console`, which the trial table
+    shows."""
     settings = job["sweep"]
-    per_worker = cluster.worker_resources(job["resources"], at_once)
+    autoscaling = capacity.autoscaled(embedded)
+    per_worker = capacity.worker_resources(job["resources"], autoscaling, at_once)
+    with lifecycle.terminate_as_interrupt():  # one trial's workers: the trials' own requests scale the cluster further
+        capacity.ensure_capacity(job["resources"], per_worker, job["ray"]["wait_for_workers_s"], autoscaling)
     cluster.check_paths_on_nodes(job["data"].shared_path, sweep.storage)
     sweep.set_status("RUNNING")
     print(
@@ -274,7 +280,7 @@ def _tune(job: dict, sweep: Run, trials: int, at_once: int, resuming: bool, cons
     )
     trainable = tune.with_resources(
         tune.with_parameters(_trial, job=job, sweep_id=sweep.id, per_worker=per_worker, console=console.handle),
-        {"CPU": cluster.TRIAL_CPUS},
+        {"CPU": capacity.TRIAL_CPUS},
     )
     tune_path = sweep.storage.join(sweep.id, _TUNE_FOLDER)
     if resuming and tune.Tuner.can_restore(tune_path, storage_filesystem=sweep.storage.filesystem):

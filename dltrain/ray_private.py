@@ -1,0 +1,100 @@
+"""The Ray internals dltrain reads, in one place: what the cluster's autoscaler reports.
+
+Ray 2.60 has no public API for it: `ray status` itself reads autoscaler v1's report from the GCS's key-value
+store and v2's state through a GCS RPC. Only the `ray==2.60.0` pin holds these names; tests/test_ray_private.py
+fails loudly if an upgrade moves them.
+"""
+
+import json
+from collections import Counter
+from dataclasses import dataclass
+
+import ray
+from ray._private import ray_constants
+from ray._raylet import GcsClient
+from ray.autoscaler.v2.utils import is_autoscaler_v2
+from ray.core.generated.autoscaler_pb2 import GetClusterStatusReply
+from ray.experimental.internal_kv import _internal_kv_get
+
+Bundle = tuple[tuple[str, float], ...]  # a resource bundle, hashable: (("CPU", 1.0), ("GPU", 1.0))
+
+
+def bundle(resources: dict[str, float]) -> Bundle:
+    """`resources` as a Bundle (names sorted, zero amounts left out, amounts rounded as Ray rounds them)."""
+    return tuple(sorted((name, round(float(amount), 4)) for name, amount in resources.items() if amount))
+
+
+@dataclass(frozen=True)
+class AutoscalerReport:
+    """What the cluster's autoscaler said in its latest update.
+
+    `update` changes with every update; `pending` holds the gang demands (placement groups) it saw waiting, each
+    as a Counter of bundles; `adding` the nodes it is adding by node type; `infeasible` the gang demands it says
+    no node type can ever hold (autoscaler v2), or None where it does not say (v1).
+    """
+
+    version: int
+    update: float
+    pending: tuple[Counter, ...]
+    adding: dict[str, int]
+    infeasible: tuple[Counter, ...] | None
+
+
+def _v1_status() -> dict | None:
+    status = _internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS)
+    return json.loads(status) if status else None
+
+
+def autoscaler_reported() -> bool:
+    """Whether the cluster's autoscaler (its monitor, which every Ray head runs) has reported since it started."""
+    if is_autoscaler_v2(fetch_from_server=True):
+        return _v2_status().autoscaling_state.autoscaler_state_version > 0
+    return "autoscaler_report" in (_v1_status() or {})
+
+
+def autoscaler_report() -> AutoscalerReport | None:
+    """The latest report of an autoscaler that can add nodes to the connected cluster; None where it has none (a
+    `ray start` cluster without `--autoscaling-config`), or has not reported yet (`autoscaler_reported`).
+
+    Autoscaler v2 says what is infeasible, so a read-only one (which adds nothing) answers for itself; a v1
+    autoscaler on a read-only provider names every node type after its node (`node_<id>`).
+    """
+    if is_autoscaler_v2(fetch_from_server=True):
+        return _v2_report()
+    status = _v1_status() or {}
+    report = status.get("autoscaler_report")
+    if not report or all(kind == f"node_{node}" for node, kind in (report.get("node_type_mapping") or {}).items()):
+        return None
+    demands = status["load_metrics_report"].get("pg_demand") or []
+    pending = tuple(
+        Counter({bundle(resources): count for resources, count in shape["bundles"]}) for shape, _ in demands
+    )
+    adding = Counter(report.get("pending_launches") or {})
+    adding.update(kind for *_, kind, _status in report.get("pending_nodes") or [])
+    return AutoscalerReport(1, status["time"], pending, dict(adding), None)
+
+
+def _v2_status() -> GetClusterStatusReply:
+    reply = GetClusterStatusReply()
+    reply.ParseFromString(GcsClient(address=ray.get_runtime_context().gcs_address).get_cluster_status(timeout_s=10))
+    return reply
+
+
+def _gang(request) -> Counter:
+    return Counter(bundle(dict(part.resources_bundle)) for part in request.requests)
+
+
+def _v2_report() -> AutoscalerReport:
+    reply = _v2_status()
+    state = reply.autoscaling_state
+    adding = Counter()
+    for request in state.pending_instance_requests:
+        adding[request.ray_node_type_name or request.instance_type_name] += request.count
+    adding.update(instance.ray_node_type_name or instance.instance_type_name for instance in state.pending_instances)
+    return AutoscalerReport(
+        2,
+        state.autoscaler_state_version,
+        tuple(_gang(request) for request in reply.cluster_resource_state.pending_gang_resource_requests),
+        dict(adding),
+        tuple(_gang(request) for request in state.infeasible_gang_resource_requests),
+    )
