@@ -16,9 +16,9 @@ from omegaconf.errors import MissingMandatoryValue
 from dltrain import search_space
 from dltrain.data import DATASETS
 from dltrain.errors import DltrainError
+from dltrain.frameworks import FRAMEWORKS
 from dltrain.storage import DEFAULT_RETRY_SECONDS
 
-FRAMEWORKS = ("tensorflow",)
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 LR_SCHEDULES = ("constant", "cosine")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")  # Keras dtype policies a model is built under
@@ -291,7 +291,11 @@ def _check_job(job: dict) -> None:
     if resources["local_mode"] is True and job["sweep"] is not None:
         raise DltrainError("resources.local_mode=true cannot be used with a sweep: each trial has its own Ray Train "
                            "worker; use local_mode=auto or false")  # fmt: skip
-    if trainer["jit_compile"] is True and not resources["use_gpu"] and resources["num_workers"] > 1:
+    if job["framework"]["name"] == "jax" and trainer["jit_compile"] is False:
+        raise DltrainError("trainer.jit_compile=false with framework=jax: JAX compiles every step with XLA; use "
+                           "jit_compile=auto or true")  # fmt: skip
+    tensorflow = job["framework"]["name"] == "tensorflow"
+    if tensorflow and trainer["jit_compile"] is True and not resources["use_gpu"] and resources["num_workers"] > 1:
         raise DltrainError(
             f"trainer.jit_compile=true with resources.num_workers={resources['num_workers']} CPU workers: XLA "
             "compiles the gradient all-reduce on GPUs only; use jit_compile=auto or false"

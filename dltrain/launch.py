@@ -8,12 +8,11 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from dltrain import capacity, cluster, formatting, lifecycle, sweep
+from dltrain import capacity, cluster, formatting, lifecycle, sweep, worker
 from dltrain.console import Console, EpochRelay
 from dltrain.errors import DltrainError
-from dltrain.frameworks import tensorflow as framework
 from dltrain.provenance import provenance
-from dltrain.registry import Registry
+from dltrain.references import named_run
 from dltrain.runs import Run, RunStore
 from dltrain.stage import remove_left_behind, temporary_name
 from dltrain.storage import Storage, check_storage, open_storage
@@ -62,7 +61,7 @@ def train(job: dict, driver_log: Path | None = None, overrides: list[str] | None
         sweep.check_trial_models(job, driver_log)
     if run is None:
         record = provenance(job, overrides or [], job["rerun"])
-        run = RunStore(storage).create(job, framework.versions(), provenance=record)
+        run = RunStore(storage).create(job, worker.versions(job["framework"]["name"]), provenance=record)
         rerun = f" (a rerun of {job['rerun']})" if job["rerun"] else ""
         print(f"dltrain: {kind} {run.id}{rerun} -> {run.uri}", flush=True)
     else:
@@ -100,7 +99,7 @@ def _check_rerun_overrides(run_id: str, overrides: list[str]) -> None:
 def _run_named(key: str, run_id: str, storage: Storage) -> Run:
     """The run `resume=` or `rerun=` names (for rerun=, also a registered model's NAME:N or NAME@alias)."""
     try:
-        return RunStore(storage).get(Registry(storage).run_id_of(run_id) if key == "rerun" else run_id)
+        return named_run(storage, run_id) if key == "rerun" else RunStore(storage).get(run_id)
     except ValueError as error:
         raise DltrainError(f"{key}={run_id}: {error}") from error
 
@@ -132,7 +131,7 @@ def _run(job: dict, run: Run, parameters: int) -> dict:
     if cluster.trains_in_driver(job):
         with lifecycle.recorded(run), Console(job["trainer"]["progress"], in_process=True) as console:
             print(f"dltrain: {parameters:,} parameters; 1 worker, in this process (resources.local_mode)", flush=True)
-            trainer = framework.DriverTrainer(job, run, console.handle, console.shows_progress)
+            trainer = worker.DriverTrainer(job, run, console.handle, console.shows_progress)
             summary = lifecycle.execute(job, run, trainer)
     else:
         with lifecycle.recorded(run), cluster.ray_connection(job["ray"]["address"]) as embedded:

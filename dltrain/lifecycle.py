@@ -14,13 +14,12 @@ from typing import Any
 import ray.train
 from ray.actor import ActorHandle
 
-from dltrain import cluster, formatting, plots
+from dltrain import cluster, formatting, plots, worker
 from dltrain.config import worker_range
 from dltrain.data import describe
 from dltrain.data.dataset import DataSet
 from dltrain.data.idx import IdxError
 from dltrain.errors import DltrainError
-from dltrain.frameworks import tensorflow as framework
 from dltrain.logs import output_to
 from dltrain.retrying_fs import unavailable_in
 from dltrain.runs import FINAL_STATUS_WINDOWS, Run, StatusPending
@@ -51,7 +50,7 @@ def check_model(job: dict, driver_log: Path | None) -> int:
     # TensorFlow's device probing writes native lines to stderr: they belong in the driver log.
     with output_to(driver_log, fds=(2,)) if driver_log else contextlib.nullcontext():
         try:
-            model = framework.build_model(job["model"], data.input_shape, len(data.class_names), job["storage"])
+            model = worker.build_model(job["model"], data.input_shape, len(data.class_names), job["storage"])
         except (TypeError, ValueError) as error:
             raise DltrainError(f"model: {error}") from error
     return model.count_params()
@@ -81,7 +80,7 @@ def fit(fittable: Any) -> Any:
             while thread.is_alive():
                 thread.join(timeout=0.5)
         except KeyboardInterrupt:
-            if isinstance(fittable, framework.DriverTrainer):
+            if isinstance(fittable, worker.DriverTrainer):
                 fittable.interrupt()
                 thread.join(timeout=INTERRUPT_WAIT_S)
             raise
@@ -198,7 +197,7 @@ def ray_trainer(
     waiting = cluster.WaitForWorkers(
         job["ray"]["wait_for_workers_s"], run.id, worker_range(job["resources"])[0], per_worker
     )
-    return framework.make_trainer(job, run, per_worker, [*callbacks, waiting], console)
+    return worker.make_trainer(job, run, per_worker, [*callbacks, waiting], console)
 
 
 def _plot(run: Run, job: dict, history: list[dict], confusion: dict) -> None:

@@ -26,10 +26,9 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule, TrialScheduler
 from ray.tune.search import BasicVariantGenerator
 
-from dltrain import capacity, cluster, formatting, lifecycle, plots, search_space
+from dltrain import capacity, cluster, formatting, lifecycle, plots, search_space, worker
 from dltrain.console import Console
 from dltrain.errors import DltrainError
-from dltrain.frameworks import tensorflow as framework
 from dltrain.runs import ENDED, Run, RunStore
 from dltrain.search_space import Dimension
 from dltrain.storage import open_storage
@@ -143,7 +142,7 @@ def _trial(params: dict, job: dict, sweep_id: str, per_worker: dict, console: Ac
     try:
         run, resuming = store.get(run_id), True
     except ValueError:
-        run, resuming = store.create(trial_job, framework.versions(), run_id), False
+        run, resuming = store.create(trial_job, worker.versions(trial_job["framework"]["name"]), run_id), False
     if run.status()["status"] != "COMPLETED":
         if resuming:
             run.mark_resumed()

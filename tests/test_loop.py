@@ -1,5 +1,6 @@
-"""DistributedLoop in this process, as a lone worker runs it (MultiWorkerMirroredStrategy without TF_CONFIG, no
-Ray): steps per execution, mixed precision with and without loss scaling, XLA; and one run through the driver."""
+"""DistributedLoop on TensorFlow's steps in this process, as a lone worker runs it (MultiWorkerMirroredStrategy
+without TF_CONFIG, no Ray): steps per execution, mixed precision with and without loss scaling, XLA; and one run
+through the driver."""
 
 import json
 from pathlib import Path
@@ -7,15 +8,15 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 from conftest import compose_config
 
 from dltrain.config import resolve
 from dltrain.data.pipeline import Split, eval_batches, train_batches
-from dltrain.engine.loop import DistributedLoop, resolve_jit_compile
+from dltrain.engine.loop import DistributedLoop
 from dltrain.engine.precision import dtype_policy
-from dltrain.frameworks.tensorflow import build_model, compile_model
+from dltrain.frameworks.tensorflow import Training, resolve_jit_compile
 from dltrain.progress import ProgressSender
+from dltrain.worker import build_model, compile_model
 
 BATCH = 16
 STEPS = 40  # per epoch: 32 does not divide it, so K=32 ends each epoch with an execution of 8 steps
@@ -59,11 +60,11 @@ def _train(
 ) -> tuple[keras.Model, list[dict]]:
     """Train `model_config` for EPOCHS as a lone worker builds and trains it in dltrain/frameworks/tensorflow.py."""
     keras.utils.set_random_seed(7)
-    strategy = tf.distribute.MultiWorkerMirroredStrategy()
-    with strategy.scope(), dtype_policy(precision):
+    training = Training(workers=1, deterministic=False, use_gpu=False)
+    with training.scope(), dtype_policy(precision):
         model = build_model(model_config, (28, 28, 1), 10)
         compile_model(model, TRAINER, STEPS)
-    loop = DistributedLoop(model, strategy, BATCH, steps_per_execution, jit_compile)
+    loop = DistributedLoop(model, training.steps(model, BATCH, jit_compile), BATCH, steps_per_execution)
     history = loop.fit(
         lambda epoch: batches(data, BATCH, 7, epoch, 1, 0),
         STEPS,
@@ -137,7 +138,7 @@ def _overflow_at_step_5(data: Split, batch_size: int, seed: int, epoch: int, wor
     batches = train_batches(data, batch_size, seed, epoch, workers, rank)
     if epoch > 0:
         return batches
-    return batches.enumerate().map(lambda step, batch: (tf.where(step == 5, batch[0] * 1e6, batch[0]), batch[1]))
+    return ((images * 1e6 if step == 5 else images, labels) for step, (images, labels) in enumerate(batches))
 
 
 @pytest.fixture(scope="module")
@@ -177,8 +178,8 @@ def test_a_mixed_float16_checkpoint_loads_into_a_new_model_and_training_continue
     """As _restore loads a checkpoint: a model built under the policy, its optimizer built, then load_weights."""
     model, _ = float16_run
     model.save(tmp_path / "model.keras")
-    strategy = tf.distribute.MultiWorkerMirroredStrategy()
-    with strategy.scope(), dtype_policy("mixed_float16"):
+    training = Training(workers=1, deterministic=False, use_gpu=False)
+    with training.scope(), dtype_policy("mixed_float16"):
         restored = build_model(MODEL, (28, 28, 1), 10)
         compile_model(restored, TRAINER, STEPS)
         restored.optimizer.build(restored.trainable_variables)
@@ -188,7 +189,7 @@ def test_a_mixed_float16_checkpoint_loads_into_a_new_model_and_training_continue
     assert [v.numpy().tolist() for v in restored.optimizer.variables] == [
         v.numpy().tolist() for v in model.optimizer.variables
     ]  # the loss scale, its step counter, the step count and Adam's moments
-    loop = DistributedLoop(restored, strategy, BATCH, 8)
+    loop = DistributedLoop(restored, training.steps(restored, BATCH, False), BATCH, 8)
     history = loop.fit(lambda epoch: train_batches(data, BATCH, 7, epoch, 1, 0), STEPS, EPOCHS + 1, EPOCHS)
     assert len(history) == 1 and np.isfinite(history[0]["loss"])
     assert _scale_and_steps(restored) == (_scale_and_steps(model)[0], _scale_and_steps(model)[1] + STEPS)

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from dltrain.frameworks.tensorflow import compile_model, learning_rate
 from dltrain.models.cnn import build_cnn
+from dltrain.worker import compile_model, learning_rate
 
 TRAINER = {"optimizer": "adam", "learning_rate": 0.002, "lr_schedule": "cosine", "epochs": 3}
 

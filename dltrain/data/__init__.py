@@ -1,4 +1,4 @@
-"""Data sets and input pipelines: pure NumPy / pyarrow / tf.data code, no Ray or Hydra.
+"""Data sets and input pipelines: pure NumPy / pyarrow / Pillow code, no Ray, Hydra or framework.
 
 A data set module offers `describe(dataset, storage, seed) -> DataSet`, the driver's check before training
 (dataset.py), and `batches(dataset, data, storage, seed) -> Batches`, what a worker trains from; `dataset` and
@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from dltrain.data.dataset import Batches, DataSet
 
-# Imported when used: `dltrain data prepare` and the config's checks need no TensorFlow.
 DATASETS = ("fashion_mnist", "image_folder")
 
 

@@ -1,10 +1,10 @@
 """What the driver learns of a data set before training (DataSet), and what a worker trains from (Batches)."""
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
-if TYPE_CHECKING:
-    import tensorflow as tf
+from dltrain.data.pipeline import Batch
 
 
 @dataclass(frozen=True)
@@ -32,8 +32,8 @@ class Batches(Protocol):
 
     def train(
         self, global_batch_size: int, seed: int, epoch: int, num_workers: int, worker_index: int
-    ) -> "tf.data.Dataset":
+    ) -> Iterator[Batch]:
         """This worker's batches of epoch `epoch`: steps_per_epoch of global_batch_size / num_workers samples."""
 
-    def evaluation(self, split: str, batch_size: int, num_workers: int, worker_index: int) -> "tf.data.Dataset":
+    def evaluation(self, split: str, batch_size: int, num_workers: int, worker_index: int) -> Iterator[Batch]:
         """This worker's share of `split`; the workers' shares together cover it once."""

@@ -1,5 +1,5 @@
 """The user's own images: a folder of CLASS/*.png|jpg|... or a CSV/Parquet manifest with a `path` column and
-metadata, labelled by the column `dataset.label`, read from Parquet shards (shards.py) in tf.data.
+metadata, labelled by the column `dataset.label`, read from Parquet shards (shards.py), decoded with Pillow.
 
 Classes are the label's values that have at least `dataset.min_per_class` images, sorted. The test set is the
 rows a `split` column marks `test`, or a seeded, stratified `dataset.test_split` share of each class; the
@@ -8,17 +8,21 @@ shards: each worker decodes and resizes its own rows of the split (every N-th), 
 """
 
 import hashlib
+import io
+import itertools
+import os
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow.fs as pafs
-import tensorflow as tf
 from filelock import FileLock
+from PIL import Image
 
 from dltrain.data import shards
 from dltrain.data.dataset import DataSet
-from dltrain.data.pipeline import augment, steps_per_epoch
+from dltrain.data.pipeline import Batch, augment, draw_augmentation, prefetched, scale, steps_per_epoch
 from dltrain.storage import cache_dir, open_storage, resolver
 
 SPLITS = ("train", "validation", "test")
@@ -26,6 +30,7 @@ _SPLIT_VALUES = {"train": 0, "validation": 1, "val": 1, "test": 2}  # what a `sp
 DEFAULT_TEST_SPLIT = 0.1  # of each class, where neither dataset.test_split nor a split column says otherwise
 SHARD_BYTES = 64 * 2**20  # of images per shard that training prepares: a few seconds' reading each
 PREPARED = "datasets"  # the storage's folder of data sets training prepared from folders and manifests
+DECODE_THREADS = os.cpu_count() or 1  # Pillow decodes and resizes without the GIL
 
 
 @dataclass(frozen=True)
@@ -103,9 +108,34 @@ def plan(filesystem: pafs.FileSystem, folder: str, index: dict, dataset: dict, s
     return Plan(class_names, row_class, row_split, dropped, int(np.sum(~labelled)))
 
 
+def decode(data: bytes, image_size: int, channels: int) -> np.ndarray:
+    """An encoded image as uint8 pixels (HWC) with `channels` (1: grayscale, 3: RGB), resized to `image_size`
+    square (bilinear) where it is not that size already; the first frame of an animation."""
+    with Image.open(io.BytesIO(data)) as image:
+        image = image.convert("L" if channels == 1 else "RGB")
+        if image.size != (image_size, image_size):
+            image = image.resize((image_size, image_size), Image.Resampling.BILINEAR)
+        pixels = np.asarray(image, dtype=np.uint8)
+    return pixels[..., np.newaxis] if channels == 1 else pixels
+
+
+def shuffled(items: Iterator, buffer: int, generator: np.random.Generator) -> Iterator:
+    """`items` in a random order drawn from `generator`, holding at most `buffer` of them at once: each item
+    read takes the place of a random one of those held, which is passed on."""
+    held: list = []
+    for item in items:
+        if len(held) < buffer:
+            held.append(item)
+            continue
+        position = int(generator.integers(buffer))
+        yield held[position]
+        held[position] = item
+    yield from (held[position] for position in generator.permutation(len(held)))
+
+
 @dataclass
 class ShardBatches:
-    """Batches of one data set's splits, streamed from its shards (the `Batches` of pipeline.py)."""
+    """Batches of one data set's splits, streamed from its shards (the `Batches` of dataset.py)."""
 
     filesystem: pafs.FileSystem
     folder: str
@@ -122,60 +152,49 @@ class ShardBatches:
         """Images per split."""
         return self.plan.counts()
 
-    def _encoded(self, rows: np.ndarray, shard_order: np.ndarray | None = None) -> tf.data.Dataset:
-        """The encoded images of `rows` with their class numbers, streamed from the shards."""
-        classes = self.plan.row_class
+    def _encoded(self, rows: np.ndarray, shard_order: np.ndarray | None = None) -> Iterator[tuple[bytes, int]]:
+        """The encoded images of `rows` with their class numbers, streamed from the shards a record batch at a
+        time."""
+        for data, numbers in shards.stream_images(self.filesystem, self.folder, self.index, rows, shard_order):
+            yield from zip(data, self.plan.row_class[numbers].tolist(), strict=True)
 
-        def generate() -> Iterator[tuple[np.ndarray, np.ndarray]]:
-            for data, numbers in shards.stream_images(self.filesystem, self.folder, self.index, rows, shard_order):
-                yield np.array(data, dtype=object), classes[numbers].astype(np.int32)
-
-        # A record batch per Python call, then single images in TensorFlow: tf.data's per-element cost of a
-        # Python generator would otherwise be the pipeline's bottleneck.
-        chunks = tf.data.Dataset.from_generator(
-            generate, output_signature=(tf.TensorSpec((None,), tf.string), tf.TensorSpec((None,), tf.int32))
-        )
-        return chunks.unbatch()
-
-    def _decode(self, data: tf.Tensor, label: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        """An image decoded with `channels`, resized to `image_size` (bilinear) and scaled to [0, 1]."""
-        image = tf.io.decode_image(data, channels=self.channels, expand_animations=False)
-        size = [self.image_size, self.image_size]
-        image = tf.cond(
-            tf.reduce_all(tf.shape(image)[:2] == size),
-            lambda: tf.cast(image, tf.float32),  # already that size: no resampling
-            lambda: tf.image.resize(image, size),
-        )
-        return tf.ensure_shape(image / 255.0, [*size, self.channels]), label
+    def _batch(self, encoded: list[tuple[bytes, int]], pool: ThreadPoolExecutor) -> tuple[np.ndarray, np.ndarray]:
+        """uint8 images and class numbers of `encoded` images, decoded in the threads of `pool`."""
+        images = pool.map(lambda item: decode(item[0], self.image_size, self.channels), encoded)
+        return np.stack(list(images)), np.array([label for _, label in encoded])
 
     def train(
         self, global_batch_size: int, seed: int, epoch: int, num_workers: int, worker_index: int
-    ) -> tf.data.Dataset:
+    ) -> Iterator[Batch]:
         """This worker's batches of epoch `epoch`: its rows (every num_workers-th), shards in a seeded order,
         shuffled in a buffer; each worker gives steps_per_epoch batches of global_batch_size / num_workers."""
         steps = steps_per_epoch(self.sizes["train"], global_batch_size)
         per_worker = global_batch_size // num_workers
         generator = np.random.default_rng([seed, epoch, worker_index])
         rows = self.plan.rows("train")[worker_index::num_workers]
-        encoded = self._encoded(rows, generator.permutation(len(self.index["shards"])))
-        encoded = encoded.shuffle(self.shuffle_buffer, seed=int(generator.integers(2**31)))
-        images = encoded.take(steps * per_worker).map(self._decode, num_parallel_calls=tf.data.AUTOTUNE)
-        images = images.batch(per_worker, drop_remainder=True)
-        flips = generator.random((steps, per_worker)) < 0.5
-        offsets = generator.integers(-self.shift, self.shift + 1, (steps, per_worker, 2), dtype=np.int32)
-        draws = tf.data.Dataset.from_tensor_slices((flips, offsets))
-        flip, shift = self.flip, self.shift
-        batches = tf.data.Dataset.zip(images, draws).map(
-            lambda batch, draw: (augment(batch[0], draw[0], draw[1], flip, shift), batch[1]),
-            num_parallel_calls=tf.data.AUTOTUNE,
-        )
-        return batches.prefetch(tf.data.AUTOTUNE)
+        shard_order = generator.permutation(len(self.index["shards"]))
+        buffer_order = np.random.default_rng(generator.integers(2**31))
+        flips, offsets = draw_augmentation(generator, (steps, per_worker), self.shift)
 
-    def evaluation(self, split: str, batch_size: int, num_workers: int, worker_index: int) -> tf.data.Dataset:
+        def batches() -> Iterator[Batch]:
+            encoded = shuffled(self._encoded(rows, shard_order), self.shuffle_buffer, buffer_order)
+            with ThreadPoolExecutor(DECODE_THREADS) as pool:
+                for step in range(steps):
+                    images, labels = self._batch(list(itertools.islice(encoded, per_worker)), pool)
+                    yield scale(augment(images, flips[step], offsets[step], self.flip, self.shift), labels)
+
+        return prefetched(batches())
+
+    def evaluation(self, split: str, batch_size: int, num_workers: int, worker_index: int) -> Iterator[Batch]:
         """Every num_workers-th image of `split` from worker_index on, in order: the workers' shares cover it."""
-        encoded = self._encoded(self.plan.rows(split)[worker_index::num_workers])
-        images = encoded.map(self._decode, num_parallel_calls=tf.data.AUTOTUNE)
-        return images.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+        def batches() -> Iterator[Batch]:
+            encoded = self._encoded(self.plan.rows(split)[worker_index::num_workers])
+            with ThreadPoolExecutor(DECODE_THREADS) as pool:
+                while chunk := list(itertools.islice(encoded, batch_size)):
+                    yield scale(*self._batch(chunk, pool))
+
+        return prefetched(batches())
 
 
 def _fingerprint(resolve: shards.Resolver, source: str) -> str:

@@ -1,14 +1,21 @@
-"""Input pipelines for data-parallel training: seeded splits and each worker's share of every global batch.
+"""Input pipelines for data-parallel training, in NumPy: seeded splits, each worker's share of every global batch,
+augmentation, and a thread that prepares the next batches while the current one trains.
 
 Every worker draws the same seeded permutation (and augmentation) of the training set each epoch and keeps its
 contiguous slice of every global batch, so N workers together see exactly the batches a single worker would.
+Batches are NumPy arrays, whatever the framework: each backend turns them into its own input type.
 """
 
+import queue
+import threading
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
-import tensorflow as tf
+
+Batch = tuple[np.ndarray, np.ndarray]  # images (float32, NHWC, in [0, 1]) and labels (int32)
+PREFETCH = 2  # batches made ahead of the one training: the next is ready when a step ends
 
 
 class Split(NamedTuple):
@@ -30,8 +37,9 @@ def train_validation_split(
     return Split(images[train], labels[train]), Split(images[validation], labels[validation])
 
 
-def _scale(images: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    return tf.cast(images, tf.float32) / 255.0, tf.cast(labels, tf.int32)
+def scale(images: np.ndarray, labels: np.ndarray) -> Batch:
+    """uint8 images to float32 in [0, 1], labels to int32."""
+    return images.astype(np.float32) / np.float32(255.0), labels.astype(np.int32)
 
 
 def steps_per_epoch(num_samples: int, global_batch_size: int) -> int:
@@ -39,19 +47,31 @@ def steps_per_epoch(num_samples: int, global_batch_size: int) -> int:
     return num_samples // global_batch_size
 
 
-def augment(images: tf.Tensor, flips: tf.Tensor, offsets: tf.Tensor, flip: bool, shift: int) -> tf.Tensor:
-    """With `flip`, mirror the images where `flips` is true; with `shift`, move each by its (rows, columns) `offsets`,
-    filling with 0."""
+def draw_augmentation(
+    generator: np.random.Generator, shape: tuple[int, ...], shift: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """A flip (true with probability 1/2) and a (rows, columns) offset in [-shift, shift] for each image of
+    `shape`, drawn from `generator`."""
+    flips = generator.random(shape) < 0.5
+    offsets = generator.integers(-shift, shift + 1, (*shape, 2), dtype=np.int32)
+    return flips, offsets
+
+
+def augment(images: np.ndarray, flips: np.ndarray, offsets: np.ndarray, flip: bool, shift: int) -> np.ndarray:
+    """With `flip`, mirror the images (NHWC) where `flips` is true; with `shift`, move each by its (rows, columns)
+    `offsets`, filling with 0."""
+    if shift < 0:
+        raise ValueError(f"shift must be >= 0 pixels, got {shift}")
     if flip:
-        images = tf.where(flips[:, None, None, None], tf.reverse(images, axis=[2]), images)
+        images = np.where(flips[:, None, None, None], images[:, :, ::-1], images)
     if not shift:
         return images
-    height, width = images.shape[1], images.shape[2]
-    padded = tf.pad(images, [[0, 0], [shift, shift], [shift, shift], [0, 0]])
+    count, height, width = images.shape[:3]
+    padded = np.pad(images, [(0, 0), (shift, shift), (shift, shift), (0, 0)])
     # Output pixel (r, c) is input pixel (r + row offset, c + column offset): crop the padded image at shift + offset.
-    rows = offsets[:, 0:1] + shift + tf.range(height)
-    columns = offsets[:, 1:2] + shift + tf.range(width)
-    return tf.gather(tf.gather(padded, rows, axis=1, batch_dims=1), columns, axis=2, batch_dims=1)
+    rows = offsets[:, 0:1] + shift + np.arange(height)
+    columns = offsets[:, 1:2] + shift + np.arange(width)
+    return padded[np.arange(count)[:, None, None], rows[:, :, None], columns[:, None, :]]
 
 
 def train_batches(
@@ -63,7 +83,7 @@ def train_batches(
     worker_index: int,
     flip: bool = False,
     shift: int = 0,
-) -> tf.data.Dataset:
+) -> Iterator[Batch]:
     """This worker's slice of every global batch of epoch `epoch`, scaled to [0, 1] and optionally augmented.
 
     `flip` mirrors each image left-right with probability 1/2; `shift` moves it by up to `shift` pixels along
@@ -78,26 +98,64 @@ def train_batches(
     generator = np.random.default_rng([seed, epoch])
     order = generator.permutation(len(data.images))[: steps * global_batch_size].reshape(steps, global_batch_size)
     # Drawn after the shuffle, which therefore stays the same with and without augmentation.
-    flips = generator.random((steps, global_batch_size)) < 0.5
-    offsets = generator.integers(-shift, shift + 1, (steps, global_batch_size, 2), dtype=np.int32)
-    batches = tf.data.Dataset.from_tensor_slices(
-        (data.images[order[:, mine]], data.labels[order[:, mine]], flips[:, mine], offsets[:, mine])
-    )
+    flips, offsets = draw_augmentation(generator, (steps, global_batch_size), shift)
 
-    def scale_and_augment(
-        images: tf.Tensor, labels: tf.Tensor, flips: tf.Tensor, offsets: tf.Tensor
-    ) -> tuple[tf.Tensor, tf.Tensor]:
-        images, labels = _scale(images, labels)
-        return augment(images, flips, offsets, flip, shift), labels
+    def batches() -> Iterator[Batch]:
+        for step in range(steps):
+            rows = order[step, mine]
+            images = augment(data.images[rows], flips[step, mine], offsets[step, mine], flip, shift)
+            yield scale(images, data.labels[rows])
 
-    return batches.map(scale_and_augment, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    return prefetched(batches())
 
 
-def eval_batches(data: Split, batch_size: int, num_workers: int, worker_index: int) -> tf.data.Dataset:
+def eval_batches(data: Split, batch_size: int, num_workers: int, worker_index: int) -> Iterator[Batch]:
     """Every `num_workers`-th sample from `worker_index` on, batched and scaled: the workers' shards cover the set."""
-    shard = Split(data.images[worker_index::num_workers], data.labels[worker_index::num_workers])
-    batches = tf.data.Dataset.from_tensor_slices(tuple(shard)).batch(batch_size)
-    return batches.map(_scale, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    images, labels = data.images[worker_index::num_workers], data.labels[worker_index::num_workers]
+    starts = range(0, len(labels), batch_size)
+    return prefetched(scale(images[start : start + batch_size], labels[start : start + batch_size]) for start in starts)
+
+
+class _Failed(NamedTuple):
+    error: BaseException
+
+
+_END = object()
+
+
+def prefetched(batches: Iterable[Batch], depth: int = PREFETCH) -> Iterator[Batch]:
+    """`batches`, made `depth` ahead in a thread of their own (NumPy, Pillow and pyarrow release the GIL while
+    they work); an error in the thread is raised here. Abandoning the iterator stops the thread."""
+    ready: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: object) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def make() -> None:
+        try:
+            for batch in batches:
+                if not put(batch):
+                    return
+            put(_END)
+        except BaseException as error:  # handed to the consumer
+            put(_Failed(error))
+
+    thread = threading.Thread(target=make, name="dltrain-batches", daemon=True)
+    thread.start()
+    try:
+        while (item := ready.get()) is not _END:
+            if isinstance(item, _Failed):
+                raise item.error
+            yield item
+    finally:
+        stop.set()
 
 
 @dataclass
@@ -115,11 +173,11 @@ class ArrayBatches:
 
     def train(
         self, global_batch_size: int, seed: int, epoch: int, num_workers: int, worker_index: int
-    ) -> tf.data.Dataset:
+    ) -> Iterator[Batch]:
         """This worker's slice of every global batch of epoch `epoch` (train_batches)."""
         return train_batches(self.splits["train"], global_batch_size, seed, epoch, num_workers, worker_index,
                              self.flip, self.shift)  # fmt: skip
 
-    def evaluation(self, split: str, batch_size: int, num_workers: int, worker_index: int) -> tf.data.Dataset:
+    def evaluation(self, split: str, batch_size: int, num_workers: int, worker_index: int) -> Iterator[Batch]:
         """This worker's share of `split` (eval_batches)."""
         return eval_batches(self.splits[split], batch_size, num_workers, worker_index)

@@ -25,7 +25,7 @@ from PIL import Image, UnidentifiedImageError
 
 INDEX_FILE = "shards.json"
 FORMAT = "dltrain-image-shards/1"
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")  # what tf.io.decode_image reads
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")  # the formats training decodes
 _FORMATS = {"PNG", "JPEG", "BMP", "GIF"}  # the same, as Pillow names them
 RESERVED = ("image",)  # columns dltrain writes itself; `path` must be in a manifest
 READ_THREADS = 16  # images are read concurrently: one S3 request each, which mostly waits on the network

@@ -1,422 +1,205 @@
-"""TensorFlow backend: Ray's TensorflowTrainer, MultiWorkerMirroredStrategy and the worker entry point.
+"""The TensorFlow backend: Ray's TensorflowTrainer (which gives every worker its TF_CONFIG), one
+MultiWorkerMirroredStrategy replica per worker, and the train/eval steps as `tf.function`s.
 
-Ray Train sets TF_CONFIG on every worker; each worker builds the strategy, the data and the model, restores
-the latest checkpoint if Ray restarted it, and runs dltrain's DistributedLoop. Rank 0 writes the checkpoints,
-TensorBoard events and the final model; every worker keeps its own log in the run folder.
+Each replica computes the loss of its slice scaled by the GLOBAL batch; Keras' TensorFlow optimizer sums the
+gradients over all replicas before applying them. With mixed_float16 a LossScaleOptimizer skips a step whose
+gradients overflow on any worker, on every worker at once.
 """
 
 import contextlib
-import dataclasses
-import itertools
-import json
-import logging
-import math
 import os
-import queue
-import shutil
-import sys
-import threading
-import time
-from collections.abc import Callable
-from pathlib import Path
+from collections.abc import Iterator
+from typing import Any
 
 import keras
+import numpy as np
 import ray.train
 import tensorflow as tf
-from hydra.utils import instantiate
-from ray.actor import ActorHandle
 from ray.train.tensorflow import TensorflowTrainer
 
-from dltrain.config import import_target, worker_range
-from dltrain.console import epoch_message, sender
-from dltrain.data import batches as data_batches
-from dltrain.data.pipeline import steps_per_epoch
-from dltrain.engine.loop import DistributedLoop, resolve_jit_compile
-from dltrain.engine.precision import dtype_policy
-from dltrain.errors import DltrainError
-from dltrain.logs import output_to
-from dltrain.model_weights import local_weights
-from dltrain.progress import ProgressSender
-from dltrain.retrying_fs import StorageUnavailable, unavailable_in
-from dltrain.runs import CONFUSION_MATRIX_FILE, MODEL_FILE, TEST_METRICS_FILE, Run
-from dltrain.stage import stage as worker_stage
-from dltrain.storage import open_storage
+from dltrain.data.pipeline import Batch
+from dltrain.engine.loop import SUMS
 
-log = logging.getLogger("dltrain")
-
-_STATE_FILE = "state.json"
-_CHECKPOINTS = "checkpoints"  # the run folder's, one folder per epoch: epoch-0001, ...
+NAME = "tensorflow"
 
 
-def build_model(
-    model_config: dict, input_shape: tuple[int, ...], num_classes: int, storage_config: dict | None = None
-) -> keras.Model:
-    """Call the model builder named by `_target_` with the other keys as keyword arguments; a `weights` key that
-    names a run, a registered model or an S3 file (in the storage `storage_config` names) is handed over as a
-    local copy."""
-    builder = import_target(model_config["_target_"])
-    hyperparameters = {key: value for key, value in model_config.items() if key != "_target_"}
-    with local_weights(hyperparameters.get("weights"), storage_config) as weights:
-        if "weights" in hyperparameters:
-            hyperparameters["weights"] = weights
-        return builder(input_shape=input_shape, num_classes=num_classes, **hyperparameters)
+def ray_trainer(train_loop_per_worker, train_loop_config: dict, **settings: Any) -> TensorflowTrainer:
+    """Ray's trainer of this framework: every worker gets TF_CONFIG, the worker list of its strategy."""
+    return TensorflowTrainer(train_loop_per_worker, train_loop_config=train_loop_config, **settings)
 
 
-def learning_rate(trainer: dict, steps_per_epoch: int) -> float | keras.optimizers.schedules.LearningRateSchedule:
-    """`trainer.learning_rate` held constant, or cosine-decayed to 0 over all `trainer.epochs` of training.
-
-    A schedule is a function of the optimizer's step counter, which the checkpoints keep: a resumed run continues it.
-    """
-    if trainer["lr_schedule"] == "constant":
-        return trainer["learning_rate"]
-    return keras.optimizers.schedules.CosineDecay(trainer["learning_rate"], trainer["epochs"] * steps_per_epoch)
+def worker_environment(use_gpu: bool, deterministic: bool) -> dict[str, str]:
+    """Environment variables a worker process needs before TensorFlow starts: none beyond Keras' backend."""
+    return {}
 
 
-def compile_model(model: keras.Model, trainer: dict, steps_per_epoch: int) -> None:
-    """Compile `model` with `trainer.optimizer` at `trainer.learning_rate` under `trainer.lr_schedule`."""
-    optimizer = keras.optimizers.get(
-        {"class_name": trainer["optimizer"], "config": {"learning_rate": learning_rate(trainer, steps_per_epoch)}}
-    )
-    model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+def resolve_jit_compile(setting: str | bool, use_gpu: bool, deterministic: bool) -> bool:
+    """`trainer.jit_compile`: `auto` is XLA on a GPU worker (as Keras decides), but not on a CPU (measured 8x
+    slower there) nor with deterministic ops, not all of which XLA supports; true and false are taken as given."""
+    if setting == "auto":
+        return use_gpu and not deterministic
+    if not isinstance(setting, bool):
+        raise ValueError(f"jit_compile must be auto, true or false, got {setting!r}")
+    return setting
 
 
-def _checkpoint_name(epoch: int) -> str:
-    """The checkpoint of `epoch` (from 1) in the run folder, in Ray Train's layout."""
-    return f"{_CHECKPOINTS}/epoch-{epoch:04d}"
+class Training:
+    """TensorFlow's side of one worker's training among `workers`: its strategy, where the model is built."""
+
+    def __init__(self, workers: int, deterministic: bool, use_gpu: bool):
+        self.deterministic = deterministic
+        # Whether this worker computes on a GPU: Ray may give it one that TensorFlow cannot use (then the CPU).
+        self.on_gpu = use_gpu and bool(tf.config.list_physical_devices("GPU"))
+        if workers == 1:
+            os.environ.pop("TF_CONFIG", None)  # a lone worker needs no gRPC server: nothing listens on the network
+        if deterministic:
+            tf.config.experimental.enable_op_determinism()  # with the seed: the same losses, run after run (on CPU)
+        self.strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        if self.strategy.num_replicas_in_sync != workers:
+            replicas = self.strategy.num_replicas_in_sync
+            raise RuntimeError(f"expected one replica per worker, got {replicas} for {workers}")
+
+    def scope(self) -> contextlib.AbstractContextManager:
+        """Where the model and its optimizer are built: the strategy's scope."""
+        return self.strategy.scope()
+
+    def steps(self, model: keras.Model, global_batch_size: int, jit_compile: str | bool) -> "TensorflowSteps":
+        """The train and eval steps of `model` (built in `scope()` and compiled), with XLA as `jit_compile`
+        (trainer.jit_compile) says."""
+        jit = resolve_jit_compile(jit_compile, self.on_gpu, self.deterministic)
+        return TensorflowSteps(model, self.strategy, global_batch_size, jit)
 
 
-def _restore(model: keras.Model, run: Run, stage: Path, rank: int) -> int:
-    """Load the newest whole checkpoint in the run folder, if any; returns the number of epochs it completed.
+class TensorflowSteps:
+    """Train and evaluate `model` (built and compiled inside `strategy.scope()`) with its compiled optimizer: the
+    `Steps` of engine/loop.py.
 
-    The run folder, not Ray's record of its checkpoints, is the truth: a run may have trained in the driver's
-    process (which keeps no such record) and then on Ray Train workers, or the other way round. A checkpoint that
-    does not load (a copy cut short when its writer died) is passed over for the one before.
-    """
-    checkpoints = f"{run.path}/{_CHECKPOINTS}"
-    for name in reversed(run.storage.list_folders(checkpoints)):
-        if not run.storage.exists(f"{checkpoints}/{name}/{_STATE_FILE}"):
-            continue
-        folder = stage / "restored" / name
-        try:
-            run.storage.download(f"{checkpoints}/{name}", folder)
-            model.optimizer.build(model.trainable_variables)
-            model.load_weights(folder / MODEL_FILE)
-            return json.loads((folder / _STATE_FILE).read_text())["epochs_done"]
-        except (OSError, ValueError, KeyError) as error:
-            print(f"worker {rank}: checkpoint {name} does not load ({error}); trying the one before", flush=True)
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
-    return 0
-
-
-class _PublishToRay:
-    """A Ray Train worker's epoch report: Ray persists the checkpoint into the run folder, its controller
-    registers it (deleting the oldest beyond trainer.keep_checkpoints) and relays the metrics to the console."""
-
-    def __call__(self, metrics: dict, checkpoint: Path | None, epoch: int) -> None:
-        ray.train.report(
-            metrics,
-            checkpoint=ray.train.Checkpoint.from_directory(checkpoint) if checkpoint else None,
-            checkpoint_dir_name=_checkpoint_name(epoch),
-        )
-
-
-class _PublishInDriver:
-    """The epoch report of a run in the driver's process (Ray Train's local mode, which persists nothing): the
-    checkpoint is copied into the run folder in Ray's layout, its state file last, as the mark of a whole copy;
-    checkpoints beyond trainer.keep_checkpoints are deleted; then the epoch line goes to the console."""
-
-    def __init__(self, run: Run, keep: int, console: queue.Queue, epochs: int):
-        self.run, self.keep, self.console, self.epochs = run, keep, console, epochs
-
-    def __call__(self, metrics: dict, checkpoint: Path, epoch: int) -> None:
-        path, storage = f"{self.run.path}/{_checkpoint_name(epoch)}", self.run.storage
-        for name in (MODEL_FILE, _STATE_FILE):  # each written whole (Storage.write_bytes)
-            storage.write_bytes(f"{path}/{name}", (checkpoint / name).read_bytes())
-        checkpoints = f"{self.run.path}/{_CHECKPOINTS}"
-        for name in storage.list_folders(checkpoints)[: -self.keep]:
-            storage.filesystem.delete_dir(f"{checkpoints}/{name}")
-        self.console.put_nowait(epoch_message(metrics, self.run.id, self.epochs))
-
-
-class _EpochReport(keras.callbacks.Callback):
-    """Each epoch: history row and checkpoint (rank 0), upload events and logs, and `publish` the metrics and the
-    checkpoint (to Ray Train, or into the run folder from the driver's process).
-
-    The row gets `checkpoint_seconds`: the time all of that took rank 0 (the history row, the model save, the
-    checkpoint's copy into the run folder, the TensorBoard and log uploads), so users see what checkpointing
-    costs next to the epoch's `seconds`.
+    `train` runs its steps in one `tf.function` call, a `tf.range` loop over the input iterator. With
+    `jit_compile` XLA compiles each step (the replica's forward and backward pass, the gradient all-reduce and
+    the update) and each eval step, as Keras compiles its step; the loop over the input stays outside, as the
+    iterator has no XLA kernel. XLA compiles collectives on GPUs only: on CPUs it fails with two or more workers.
     """
 
     def __init__(
-        self, run: Run, stage: Path, rank: int, log_file: Path, publish: Callable[[dict, Path | None, int], None]
+        self, model: keras.Model, strategy: tf.distribute.Strategy, global_batch_size: int, jit_compile: bool = False
     ):
-        super().__init__()
-        self.run, self.stage, self.rank, self.log_file, self.publish = run, stage, rank, log_file, publish
+        if model.optimizer is None:
+            raise ValueError("compile the model with an optimizer inside strategy.scope() first")
+        self.model, self.strategy, self.global_batch_size = model, strategy, global_batch_size
+        self._per_sample_loss = keras.losses.SparseCategoricalCrossentropy(reduction=None)
+        if not model.optimizer.built:
+            # Before the step is traced: a LossScaleOptimizer's scale_loss reads its scale variable only once
+            # built (the trace would keep the initial scale as a constant), and variables belong in the scope.
+            with strategy.scope():
+                model.optimizer.build(model.trainable_variables)
+        # mixed_float16: the LossScaleOptimizer decides on each worker's own gradients whether to skip a step.
+        self._agree_on_overflow = (
+            isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer) and strategy.num_replicas_in_sync > 1
+        )
+        compile_step = tf.function(jit_compile=True) if jit_compile else (lambda step: step)
+        self._train_step = compile_step(self._train_step_on_replicas)
+        self._eval_step = compile_step(self._eval_step_on_replicas)
 
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        started = time.perf_counter()
-        # NaN until measured: a worker that dies before the row's update below leaves it "not measured".
-        metrics = {"epoch": epoch + 1, **(logs or {}), "checkpoint_seconds": math.nan}
-        folder = None
-        if self.rank == 0:
-            # The history row is stored before its checkpoint, so no checkpointed epoch lacks one.
-            self.run.record_epoch(metrics)
-            folder = self.stage / "checkpoint"
-            shutil.rmtree(folder, ignore_errors=True)
-            folder.mkdir()
-            self.model.save(folder / MODEL_FILE)
-            (folder / _STATE_FILE).write_text(json.dumps({"epochs_done": epoch + 1}))
-            self.run.storage.upload(self.stage / "tensorboard", f"{self.run.path}/tensorboard")
-        self.run.storage.upload(self.log_file.parent, f"{self.run.path}/logs")
-        self.publish({key: value for key, value in metrics.items() if key != "checkpoint_seconds"}, folder, epoch + 1)
-        if self.rank == 0:
-            self.run.record_epoch(metrics | {"checkpoint_seconds": time.perf_counter() - started})
+    def _dataset(self, batches: Iterator[Batch]) -> tf.data.Dataset:
+        """NumPy batches through tf.data."""
+        shape = (None, *self.model.input_shape[1:])
+        signature = (tf.TensorSpec(shape, tf.float32), tf.TensorSpec((None,), tf.int32))
+        return tf.data.Dataset.from_generator(lambda: batches, output_signature=signature).prefetch(1)
 
+    def input(self, batches: Iterator[Batch]) -> tf.data.Iterator:
+        """NumPy batches as the iterator the train steps' loop takes its next batches from."""
+        return iter(self._dataset(batches))
 
-class _StopOnRequest(keras.callbacks.Callback):
-    """At each epoch end rank 0 looks for the run's stop request (`dltrain runs stop`); finding one, it stops
-    training, which the loop makes every worker do after this epoch (whose checkpoint is kept)."""
+    def _sums(self, labels: tf.Tensor, probabilities: tf.Tensor, per_sample_loss: tf.Tensor) -> tf.Tensor:
+        predicted = tf.argmax(probabilities, axis=-1, output_type=labels.dtype)
+        correct = tf.reduce_sum(tf.cast(tf.equal(predicted, labels), tf.float32))
+        count = tf.cast(tf.shape(labels)[0], tf.float32)
+        return tf.stack([tf.reduce_sum(per_sample_loss), correct, count])
 
-    def __init__(self, run: Run, rank: int):
-        super().__init__()
-        self.run, self.rank, self.requested = run, rank, False
+    def _probabilities(self, images: tf.Tensor, training: bool) -> tf.Tensor:
+        # Under a mixed policy the layers compute in float16 or bfloat16: the loss and metrics in float32.
+        return tf.cast(self.model(images, training=training), tf.float32)
 
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        if self.rank == 0 and self.run.stop_request() is not None:
-            print(f"worker 0: stop requested; stopping after epoch {epoch + 1}", flush=True)
-            self.model.stop_training = self.requested = True
+    def _replica_train_step(self, images: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
+        with tf.GradientTape() as tape:
+            probabilities = self._probabilities(images, training=True)
+            per_sample_loss = self._per_sample_loss(labels, probabilities)
+            loss = tf.nn.compute_average_loss(per_sample_loss, global_batch_size=self.global_batch_size)
+            if self.model.losses:
+                regularization = tf.add_n([tf.cast(term, tf.float32) for term in self.model.losses])
+                loss += tf.nn.scale_regularization_loss(regularization)
+            # A LossScaleOptimizer multiplies the loss by its scale, so that small float16 gradients do not
+            # underflow, and divides the gradients back in apply_gradients; other optimizers leave it as it is.
+            scaled_loss = self.model.optimizer.scale_loss(loss)
+        gradients = tape.gradient(scaled_loss, self.model.trainable_variables)
+        if self._agree_on_overflow:
+            gradients = self._overflow_anywhere(gradients)
+        # Keras' TensorFlow optimizer sums the gradients over all replicas before applying them.
+        self.model.optimizer.apply_gradients(zip(gradients, self.model.trainable_variables, strict=True))
+        return self._sums(labels, probabilities, per_sample_loss)
 
+    def _overflow_anywhere(self, gradients: list[tf.Tensor]) -> list[tf.Tensor]:
+        """Every worker's gradients made non-finite where any worker's are, so that the LossScaleOptimizer skips
+        the step on all of them: a worker skipping alone would leave out the all-reduce the others make."""
+        overflowed = 1.0 - tf.cast(self.model.optimizer.check_finite(gradients), tf.float32)
+        anywhere = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, overflowed) > 0
+        return [None if g is None else tf.where(anywhere, tf.constant(np.nan, g.dtype), g) for g in gradients]
 
-def _progress_sender(job: dict, run: Run, steps: int) -> ProgressSender:
-    """Rank 0's progress messages to the driver's console queue; sending never waits for the queue."""
-    send = sender(job["console"])
-    return ProgressSender(
-        lambda message: send(message | {"run_id": run.id}),
-        job["trainer"]["epochs"],
-        steps,
-        job["trainer"]["batch_size"],
-    )
+    def _replica_eval_step(self, images: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
+        probabilities = self._probabilities(images, training=False)
+        sums = self._sums(labels, probabilities, self._per_sample_loss(labels, probabilities))
+        predicted = tf.argmax(probabilities, axis=-1, output_type=labels.dtype)
+        classes = probabilities.shape[-1]
+        confusion = tf.math.confusion_matrix(labels, predicted, num_classes=classes, dtype=tf.float32)
+        return tf.concat([sums, tf.reshape(confusion, [-1])], axis=0)
 
+    def _train_step_on_replicas(self, images: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
+        return self._local(self.strategy.run(self._replica_train_step, args=(images, labels)))
 
-def _train(job: dict, run: Run, stage: Path, log_file: Path) -> None:
-    context = ray.train.get_context()
-    rank, workers = context.get_world_rank(), context.get_world_size()
-    if workers == 1:
-        os.environ.pop("TF_CONFIG", None)  # a lone worker needs no gRPC server: nothing listens on the network
-    trainer, dataset = job["trainer"], job["dataset"]
-    keras.utils.set_random_seed(trainer["seed"])
-    if trainer["deterministic"]:
-        tf.config.experimental.enable_op_determinism()  # with the seed: the same losses, run after run (on CPU)
-    strategy = tf.distribute.MultiWorkerMirroredStrategy()
-    if strategy.num_replicas_in_sync != workers:
-        raise RuntimeError(f"expected one replica per worker, got {strategy.num_replicas_in_sync} for {workers}")
+    def _eval_step_on_replicas(self, images: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
+        return self._local(self.strategy.run(self._replica_eval_step, args=(images, labels)))
 
-    data = job["data"]
-    batches = data_batches(dataset, data, job["storage"], trainer["seed"])
-    sizes = batches.sizes
-    global_batch = trainer["batch_size"]
-    worker_batch = global_batch // workers
-    steps = steps_per_epoch(sizes["train"], global_batch)
+    @tf.function
+    def _train_steps(self, batches: tf.data.Iterator, steps: tf.Tensor) -> tf.Tensor:
+        """`steps` train steps on the next batches of `batches`: the sums over this worker's slices.
 
-    with strategy.scope(), dtype_policy(trainer["precision"]):
-        model = build_model(job["model"], data.input_shape, len(data.class_names), job["storage"])
-        compile_model(model, trainer, steps)
-        initial_epoch = _restore(model, run, stage, rank)
+        `steps` is a tensor, so one trace serves every count (an epoch's last, shorter execution too).
+        """
+        sums = tf.zeros(SUMS)
+        for _ in tf.range(steps):
+            images, labels = next(batches)
+            sums += self._train_step(images, labels)
+        return sums
 
-    callbacks = [instantiate(callback) for callback in trainer["callbacks"].values()]
-    if rank == 0:
-        callbacks.append(keras.callbacks.TensorBoard(log_dir=str(stage / "tensorboard")))
-    if rank == 0 and job["console"] is not None:
-        callbacks.append(_progress_sender(job, run, steps))
-    in_driver = job["in_driver"]
-    if in_driver is None:
-        publish = _PublishToRay()
-    else:
-        callbacks.append(_Interrupt(in_driver.interrupted))
-        publish = _PublishInDriver(run, trainer["keep_checkpoints"], in_driver.console, trainer["epochs"])
-    callbacks.append(_EpochReport(run, stage, rank, log_file, publish))
-    stop = _StopOnRequest(run, rank)
-    callbacks.append(stop)
+    @tf.function
+    def _eval_batches(self, batches: tf.data.Dataset) -> tf.Tensor:
+        """The eval sums and confusion matrix (flattened) of this worker's replica over all of `batches`."""
+        classes = self.model.output_shape[-1]
+        sums = tf.zeros(SUMS + classes * classes)
+        for images, labels in batches:
+            sums += self._eval_step(images, labels)
+        return sums
 
-    # Whether this worker computes on a GPU: Ray may give it one that TensorFlow cannot use, which then runs on CPU.
-    on_gpu = job["resources"]["use_gpu"] and bool(tf.config.list_physical_devices("GPU"))
-    jit_compile = resolve_jit_compile(trainer["jit_compile"], on_gpu, trainer["deterministic"])
-    loop = DistributedLoop(model, strategy, global_batch, trainer["steps_per_execution"], jit_compile)
-    if loop.sum_over_workers([initial_epoch])[0] != initial_epoch * workers:
-        raise RuntimeError(f"worker {rank} restored epoch {initial_epoch}, and the other workers did not")
-    print(f"worker {rank}/{workers}: {sizes['train']} train, {sizes['validation']} validation samples; "
-          f"starting at epoch {initial_epoch + 1}", flush=True)  # fmt: skip
-    loop.fit(
-        lambda epoch: batches.train(global_batch, trainer["seed"], epoch, workers, rank),
-        steps,
-        trainer["epochs"],
-        initial_epoch,
-        (lambda: batches.evaluation("validation", worker_batch, workers, rank)) if sizes["validation"] else None,
-        callbacks,
-    )
-    if loop.sum_over_workers([float(stop.requested)])[0] > 0:
-        return  # stopped on request: no test evaluation and no final model; resume= continues the run
-    test_metrics, confusion = loop.evaluate(batches.evaluation("test", worker_batch, workers, rank))
-    if rank == 0:
-        (stage / "model").mkdir()
-        model.save(stage / "model" / MODEL_FILE)
-        confusion_matrix = {"class_names": list(data.class_names), "matrix": confusion.tolist()}
-        (stage / "model" / CONFUSION_MATRIX_FILE).write_text(json.dumps(confusion_matrix))
-        test_metrics = {f"test_{name}": value for name, value in test_metrics.items()}
-        (stage / "model" / TEST_METRICS_FILE).write_text(json.dumps(test_metrics))
-        run.storage.upload(stage / "model", f"{run.path}/model")
+    def _local(self, per_replica: tf.Tensor) -> tf.Tensor:
+        return tf.add_n(self.strategy.experimental_local_results(per_replica))
 
+    def train(self, inputs: tf.data.Iterator, steps: int) -> np.ndarray:
+        """`steps` train steps in one call: the sums over this worker's slices."""
+        return self._train_steps(inputs, tf.constant(steps)).numpy()
 
-def train_loop_per_worker(job: dict) -> None:
-    """What every Ray Train worker runs (or the driver, in local mode): train `job`, logging to the run folder's
-    logs/. In the driver, whose stdout is the console's, only Python's sys.stdout and native stderr go there."""
-    run = Run(open_storage(job["storage"]), job["run_id"])
-    rank = ray.train.get_context().get_world_rank()
-    with worker_stage(f"{run.id}-worker{rank}") as stage:
-        in_driver = job["in_driver"] is not None
-        # A Ray Train worker restarted after a failure is a new process; a restart in the driver keeps its pid.
-        restart = f"-restart{job['in_driver'].restarts}" if in_driver and job["in_driver"].restarts else ""
-        log_file = stage / "logs" / f"worker-{rank}-pid{os.getpid()}{restart}.log"
-        outage = False
-        try:
-            with output_to(log_file, fds=(2,) if in_driver else (1, 2), sys_stdout=in_driver):
-                _train(job, run, stage, log_file)
-        except StorageUnavailable:
-            outage = True
-            raise
-        finally:
-            _upload_log(run, log_file, outage)
+    def evaluate(self, batches: Iterator[Batch]) -> np.ndarray:
+        """The eval sums and confusion matrix (flattened) of this worker's `batches`."""
+        return self._eval_batches(self._dataset(batches)).numpy()
 
+    def sum_over_workers(self, values: np.ndarray | list[float]) -> np.ndarray:
+        """All-reduce (sum) a small vector over every worker. A collective: all workers must call it."""
+        per_replica = self.strategy.run(tf.identity, args=(tf.convert_to_tensor(values, tf.float32),))
+        return self.strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None).numpy()
 
-def _upload_log(run: Run, log_file: Path, after_outage: bool) -> None:
-    """Copy this worker's log into the run folder; after an outage, once, not through another retry window."""
-    if not after_outage:
-        run.storage.upload(log_file.parent, f"{run.path}/logs")
-        return
-    with contextlib.suppress(OSError):
-        run.storage.with_retry_seconds(0).upload(log_file.parent, f"{run.path}/logs")
-
-
-class _StorageOutageEndsRun(ray.train.UserCallback):
-    """In Ray Train's controller: a worker that failed because the storage stayed unreachable through its retry
-    window ends the run, with that error, instead of restarting the workers (which would only wait again)."""
-
-    def after_exception(self, run_context, worker_exceptions: dict[int, Exception]) -> None:
-        for error in worker_exceptions.values():
-            if unavailable := unavailable_in(error):
-                raise unavailable
-
-
-def make_trainer(
-    job: dict,
-    run: Run,
-    resources_per_worker: dict,
-    callbacks: list[ray.train.UserCallback],
-    console: ActorHandle | None = None,
-) -> TensorflowTrainer:
-    """Ray's TensorflowTrainer for `job`, persisting checkpoints into the run folder; rank 0 sends its progress
-    to the `console` queue actor, if any."""
-    resources = job["resources"]
-    least, most = worker_range(resources)
-    return TensorflowTrainer(
-        train_loop_per_worker,
-        train_loop_config={**job, "run_id": run.id, "console": console, "in_driver": None},
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=(least, most) if least < most else most,  # elastic: Ray Train takes what it can place
-            use_gpu=resources["use_gpu"],
-            resources_per_worker=resources_per_worker,
-        ),
-        run_config=ray.train.RunConfig(
-            name=run.id,
-            storage_path=run.storage.root,
-            storage_filesystem=run.storage.filesystem,
-            failure_config=ray.train.FailureConfig(max_failures=job["trainer"]["max_failures"]),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=job["trainer"]["keep_checkpoints"]),
-            callbacks=[*callbacks, _StorageOutageEndsRun()],
-            worker_runtime_env={"env_vars": {"KERAS_BACKEND": "tensorflow"}},
-        ),
-    )
-
-
-class _Interrupted(Exception):
-    """Training in the driver's process stopped at a step's end because the driver was interrupted."""
-
-
-class _Interrupt(keras.callbacks.Callback):
-    """In the driver's process: end training at the next step once `interrupted` is set (Ctrl-C, SIGTERM)."""
-
-    def __init__(self, interrupted: threading.Event):
-        super().__init__()
-        self.interrupted = interrupted
-
-    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
-        if self.interrupted.is_set():
-            raise _Interrupted("interrupted")
-
-
-@dataclasses.dataclass
-class _InDriver:
-    """What a run in the driver's process shares with its training: the console's queue, for the epoch lines
-    (there is no Ray Train controller to relay them), and the event that interrupts it."""
-
-    console: queue.Queue
-    interrupted: threading.Event = dataclasses.field(default_factory=threading.Event)
-    restarts: int = 0  # after failures, so far
-
-
-class DriverTrainer:
-    """Trains `job` in this process with Ray Train's local mode (`ScalingConfig(num_workers=0)`): the same
-    worker function and `ray.train` API, no Ray processes. Checkpoints go into the run folder as a Ray Train
-    worker's would (Ray's local mode keeps them in memory only). As Ray Train would restart a failed worker, a
-    failure restarts training from the newest checkpoint, up to trainer.max_failures times.
-    """
-
-    def __init__(self, job: dict, run: Run, console: queue.Queue, progress: bool):
-        self.in_driver = _InDriver(console)
-        self.config = {**job, "run_id": run.id, "console": console if progress else None, "in_driver": self.in_driver}
-        self.run, self.max_failures = run, job["trainer"]["max_failures"]
-
-    def interrupt(self) -> None:
-        """Stop training at the end of its current step (from another thread); fit() then raises."""
-        self.in_driver.interrupted.set()
-
-    def fit(self) -> ray.train.Result:
-        """Train to the end, or raise the error that ended training."""
-        # Ray Train says at INFO that it runs in local mode, and logs every report: not for the console.
-        logging.getLogger("ray.train").setLevel(logging.WARNING)
-        for failures in itertools.count(1):
-            try:
-                return TensorflowTrainer(
-                    train_loop_per_worker,
-                    train_loop_config=self.config,
-                    scaling_config=ray.train.ScalingConfig(num_workers=0),
-                    run_config=ray.train.RunConfig(name=self.run.id),
-                ).fit()
-            except (_Interrupted, DltrainError):
-                raise
-            except Exception as error:
-                if unavailable_in(error) or self.in_driver.interrupted.is_set():
-                    raise
-                first_line = next(iter(str(error).strip().splitlines()), "")
-                cause = f"{type(error).__name__}: {first_line}" if first_line else type(error).__name__
-                if failures > self.max_failures:
-                    raise RuntimeError(f"worker 0: {cause}") from error
-                log.warning("worker 0 failed; restarting from the newest checkpoint", exc_info=True)
-                allowed = f"trainer.max_failures={self.max_failures}"
-                print(f"dltrain: worker 0 failed ({cause}); restarting from the newest checkpoint (failure "
-                      f"{failures} of {allowed})", file=sys.stderr, flush=True)  # fmt: skip
-                self.in_driver.restarts = failures
+    def sync_model(self) -> None:
+        """Nothing to do: the steps update the model's own variables."""
 
 
 def versions() -> dict[str, str]:
     """The framework and library versions a run records."""
-    import dltrain
-
-    return {
-        "framework": "tensorflow",
-        "dltrain": dltrain.__version__,
-        "tensorflow": tf.__version__,
-        "keras": keras.__version__,
-        "ray": ray.__version__,
-    }
+    return {"framework": NAME, "tensorflow": tf.__version__, "keras": keras.__version__, "ray": ray.__version__}

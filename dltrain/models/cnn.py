@@ -9,10 +9,12 @@ def _normalize_and_activate(x: keras.KerasTensor, batch_norm: bool, suffix: str)
     """BatchNormalization then ReLU after a bias-free layer; unchanged when the layer applied its own ReLU."""
     if not batch_norm:
         return x
-    # Synchronized: the statistics of the whole global batch, all-reduced over the workers, so every worker keeps
-    # the same moving statistics and normalizes as one worker would (equal up to float rounding, which the
-    # normalization and the ReLU/max-pool kinks amplify over the steps).
-    x = keras.layers.BatchNormalization(synchronized=True, name=f"batch_norm{suffix}")(x)
+    # The statistics of the whole global batch, so every worker keeps the same moving statistics and normalizes as
+    # one worker would (equal up to float rounding, which the normalization and the ReLU/max-pool kinks amplify
+    # over the steps): on TensorFlow all-reduced over the workers (synchronized); on JAX the step is one function
+    # of the whole global batch, where a plain layer already sees it all (and JAX rejects synchronized=True).
+    synchronized = keras.backend.backend() == "tensorflow"
+    x = keras.layers.BatchNormalization(synchronized=synchronized, name=f"batch_norm{suffix}")(x)
     return keras.layers.ReLU(name=f"relu{suffix}")(x)
 
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from dltrain import formatting
 from dltrain.errors import DltrainError
-from dltrain.registry import Registry
+from dltrain.references import named_run
 from dltrain.runs import Run, RunStore, observed_status
 
 
@@ -14,7 +14,7 @@ def run_named(store: RunStore, run_id: str) -> Run:
     """The run `run_id` names, or the run a registered model's NAME:N or NAME@alias came from; DltrainError in one
     line if it is not a run id or there is no such run."""
     try:
-        return store.get(Registry(store.storage).run_id_of(run_id))
+        return named_run(store.storage, run_id)
     except ValueError as error:
         raise DltrainError(str(error)) from None
 
