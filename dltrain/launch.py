@@ -8,7 +8,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from dltrain import capacity, cluster, formatting, lifecycle, sweep, worker
+from dltrain import capacity, cluster, formatting, frameworks, lifecycle, sweep, worker
 from dltrain.console import Console, EpochRelay
 from dltrain.errors import DltrainError
 from dltrain.provenance import provenance
@@ -56,6 +56,8 @@ def train(job: dict, driver_log: Path | None = None, overrides: list[str] | None
         job = saved | {"storage": job["storage"], "ray": job["ray"], "resume": run.id}
     kind = "sweep" if job["sweep"] else "run"
     job = job | {"data": lifecycle.check_data(job)}  # for the workers, not saved with the config
+    if not cluster.trains_in_driver(job):
+        frameworks.backend(job["framework"]["name"]).use_cpu_only()  # the driver's model check leaves the GPUs
     parameters = lifecycle.check_model(job, driver_log)
     if job["sweep"]:
         sweep.check_trial_models(job, driver_log)

@@ -11,6 +11,7 @@ process tree, Ray's processes included). Targets: steady epoch <= 1.02x plain Ke
     python scripts/bench_overhead.py --limit 0 --epochs 5 --repetitions 3   # the full-size version (54,000 images)
     python scripts/bench_overhead.py --dltrain-env RAY_worker_niceness=0    # plus dltrain with Ray workers at nice 0
     python scripts/bench_overhead.py --dltrain-override resources.local_mode=false   # plus a Ray Train worker
+    python scripts/bench_overhead.py --framework jax --dltrain-override framework=tensorflow   # JAX, and TF beside
 
 Prints one JSON line at the end.
 """
@@ -37,23 +38,25 @@ STEADY_TARGET = 1.02  # dltrain's steady epoch over plain Keras's (issue 15)
 FIRST_STEP_TARGET_SECONDS = 3.0  # how much later dltrain may start its first step (issue 15)
 
 
-def _plain(args: argparse.Namespace, folder: Path) -> dict:
+def plain(args: argparse.Namespace, folder: Path, arguments: tuple[str, ...] = ()) -> dict:
+    """scripts/plain_keras.py on `args.framework` (Keras' backend), with more `arguments`: its measures."""
     timeline = folder / "plain-timeline.json"
     command = bench.plain_keras_command(
         "--data", str(args.data), "--epochs", str(args.epochs), "--batch-size", str(args.batch_size),
-        "--timeline", str(timeline), *(["--limit", str(args.limit)] if args.limit else []),
+        "--timeline", str(timeline), *(["--limit", str(args.limit)] if args.limit else []), *arguments,
     )  # fmt: skip
-    completed = bench.run_command(command)
+    completed = bench.run_command(command, bench.environment(KERAS_BACKEND=args.framework))
     result = bench.last_json_line(completed.output)
     return _measures(completed, json.loads(timeline.read_text())) | {"test_accuracy": result["test_accuracy"]}
 
 
-def _dltrain(args: argparse.Namespace, folder: Path, variables: dict[str, str], overrides: list[str]) -> dict:
+def dltrain(args: argparse.Namespace, folder: Path, variables: dict[str, str], overrides: list[str]) -> dict:
+    """`python -m dltrain` on `args.framework` with `overrides` and environment `variables`: its measures."""
     timeline, storage = folder / "dltrain-timeline.json", str(folder / "runs")
     command = bench.dltrain_command(
         f"dataset.path={args.data}", f"storage.uri={storage}", f"trainer.epochs={args.epochs}",
         f"trainer.batch_size={args.batch_size}", f"dataset.limit={args.limit or 'null'}",
-        bench.timeline_override(timeline), *overrides,
+        f"framework={args.framework}", bench.timeline_override(timeline), *overrides,
     )  # fmt: skip
     completed = bench.run_command(command, bench.environment(**variables))
     run = bench.read_run(bench.run_folder(completed.output, storage))
@@ -77,7 +80,7 @@ def _measures(completed: bench.Completed, times: dict) -> dict:
     }
 
 
-def _summarise(runs: list[dict]) -> dict:
+def summarise(runs: list[dict]) -> dict:
     """Median of every measure over the repetitions, plus the raw values."""
     keys = runs[0].keys()
     return {key: round(statistics.median(run[key] for run in runs), 3) for key in keys} | {
@@ -100,21 +103,21 @@ def main() -> None:
         "--dltrain-override", action="append", metavar="KEY=VALUE",
         help="also run dltrain with this config override (repeatable; one more alternating runner)",
     )  # fmt: skip
+    parser.add_argument("--framework", choices=["tensorflow", "jax"], default="tensorflow",
+                        help="Keras' backend of both runners: plain Keras and dltrain's framework=")  # fmt: skip
     parser.add_argument("--output", type=Path, default=None, help="also write the JSON line to this file")
     args = parser.parse_args()
     if args.epochs < 2:
         parser.error("--epochs must be at least 2: epoch 1 is excluded from the steady state")
 
     load_before = bench.load_average()
-    runners = {"plain_keras": _plain, "dltrain": functools.partial(_dltrain, variables={}, overrides=[])}
+    runners = {"plain_keras": plain, "dltrain": functools.partial(dltrain, variables={}, overrides=[])}
     if args.dltrain_env:  # the same dltrain run with extra environment variables, e.g. a Ray setting to try
         variables = dict(item.split("=", 1) for item in args.dltrain_env)
-        runners[f"dltrain {' '.join(args.dltrain_env)}"] = functools.partial(
-            _dltrain, variables=variables, overrides=[]
-        )
+        runners[f"dltrain {' '.join(args.dltrain_env)}"] = functools.partial(dltrain, variables=variables, overrides=[])
     if args.dltrain_override:  # the same dltrain run with extra config overrides
         runners[f"dltrain {' '.join(args.dltrain_override)}"] = functools.partial(
-            _dltrain, variables={}, overrides=args.dltrain_override
+            dltrain, variables={}, overrides=args.dltrain_override
         )
     results: dict[str, list[dict]] = {name: [] for name in runners}
     with tempfile.TemporaryDirectory(prefix="bench-overhead-") as tmp:
@@ -124,17 +127,18 @@ def main() -> None:
                 folder.mkdir()
                 results[name].append(runner(args, folder))
                 print(f"{name} #{repetition + 1}: {json.dumps(results[name][-1])}", flush=True)
-    summaries = {name: _summarise(runs) for name, runs in results.items()}
+    summaries = {name: summarise(runs) for name, runs in results.items()}
     bench.emit(
         {
             "benchmark": "overhead",
+            "framework": args.framework,
             "epochs": args.epochs,
             "repetitions": args.repetitions,
             "global_batch": args.batch_size,
             "limit": args.limit or None,
             **summaries,
             "versus_plain_keras": {
-                name: _versus(summary, summaries["plain_keras"])
+                name: versus(summary, summaries["plain_keras"])
                 for name, summary in summaries.items()
                 if name != "plain_keras"
             },
@@ -144,15 +148,15 @@ def main() -> None:
     )
 
 
-def _versus(dltrain: dict, plain: dict) -> dict:
-    """dltrain's figures against plain Keras's, and whether they meet the targets."""
-    ratio = dltrain["steady_epoch_seconds"] / plain["steady_epoch_seconds"]
-    later = dltrain["first_step_seconds"] - plain["first_step_seconds"]
+def versus(measured: dict, baseline: dict, steady_target: float = STEADY_TARGET) -> dict:
+    """dltrain's figures (`measured`) against plain Keras's (`baseline`), and whether they meet the targets."""
+    ratio = measured["steady_epoch_seconds"] / baseline["steady_epoch_seconds"]
+    later = measured["first_step_seconds"] - baseline["first_step_seconds"]
     return {
         "steady_epoch_ratio": round(ratio, 3),
-        "steady_epoch_cpu_ratio": round(dltrain["steady_epoch_cpu_seconds"] / plain["steady_epoch_cpu_seconds"], 3),
-        "steady_epoch_target": STEADY_TARGET,
-        "steady_epoch_met": ratio <= STEADY_TARGET,
+        "steady_epoch_cpu_ratio": round(measured["steady_epoch_cpu_seconds"] / baseline["steady_epoch_cpu_seconds"], 3),
+        "steady_epoch_target": steady_target,
+        "steady_epoch_met": ratio <= steady_target,
         "first_step_later_seconds": round(later, 2),
         "first_step_target_seconds": FIRST_STEP_TARGET_SECONDS,
         "first_step_met": later <= FIRST_STEP_TARGET_SECONDS,

@@ -3,6 +3,7 @@ plain Keras, reading a run folder, and the one-line JSON summary every script pr
 
 import bisect
 import contextlib
+import importlib.metadata
 import itertools
 import json
 import os
@@ -206,18 +207,17 @@ def steady_epoch_seconds(times: dict) -> list[float]:
 
 
 def machine() -> dict:
-    """Where and under what load the figures were taken."""
-    import keras
-    import ray
-    import tensorflow as tf
-
+    """Where and under what load the figures were taken: the machine and the versions installed (read from their
+    packages' metadata: nothing is imported)."""
+    versions = {}
+    for package in ("tensorflow", "jax", "jaxlib", "keras", "ray"):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            versions[package] = importlib.metadata.version(package)
     return {
         "cpus": os.cpu_count(),
         "memory_gib": round(_psutil().virtual_memory().total / 2**30, 1),
         "python": platform.python_version(),
-        "tensorflow": tf.__version__,
-        "keras": keras.__version__,
-        "ray": ray.__version__,
+        **versions,
     }
 
 

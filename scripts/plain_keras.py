@@ -42,18 +42,22 @@ def main() -> None:
     parser.add_argument("--timeline", default=None, help="write the first step's and each epoch's times here")
     # Keras 3's own default: XLA where the model supports it, as a user calling fit() gets.
     parser.add_argument("--jit-compile", choices=["auto", "true", "false"], default="auto")
+    parser.add_argument("--steps-per-execution", type=int, default=1)
+    parser.add_argument("--precision", choices=["float32", "mixed_float16", "mixed_bfloat16"], default="float32")
     args = parser.parse_args()
 
     started = time.perf_counter()
     keras.utils.set_random_seed(args.seed)
     (images, labels), (test_images, test_labels) = fashion_mnist.load(fashion_mnist.prepare(args.data, ""))
     train, validation = train_validation_split(images, labels, 0.1, args.seed, args.limit)
+    keras.config.set_dtype_policy(args.precision)
     model = build_cnn(fashion_mnist.INPUT_SHAPE, len(fashion_mnist.CLASS_NAMES))
     model.compile(
         optimizer=keras.optimizers.Adam(args.learning_rate),
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
         jit_compile={"auto": "auto", "true": True, "false": False}[args.jit_compile],
+        steps_per_execution=args.steps_per_execution,
     )
     timer = _EpochTimer()
     callbacks = [timer, *([Timeline(args.timeline)] if args.timeline else [])]
@@ -72,6 +76,7 @@ def main() -> None:
         json.dumps(
             {
                 "runner": "plain_keras",
+                "backend": keras.backend.backend(),
                 "epochs": args.epochs,
                 "test_accuracy": round(test_accuracy, 4),
                 "test_loss": round(test_loss, 4),

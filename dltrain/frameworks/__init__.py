@@ -5,6 +5,7 @@ the module of framework `name`, and every such module offers the same names:
 - `ray_trainer(train_loop_per_worker, train_loop_config, **settings)`: Ray Train's trainer, which forms the
   workers' group (TensorFlow: TF_CONFIG for MultiWorkerMirroredStrategy; JAX: a JAX process group);
 - `worker_environment(use_gpu, deterministic)`: variables a worker needs before the framework starts;
+- `use_cpu_only()`: keep this process (a driver checking a model) off the GPUs, for its workers;
 - `Training(workers, deterministic, use_gpu)`: one worker's side, with `scope()` (where the model is built) and
   `steps(model, global_batch_size, jit_compile)`: the train/eval steps with their all-reduce and loss scaling,
   fed NumPy batches (the `Steps` of engine/loop.py).

@@ -98,6 +98,12 @@ def worker_environment(use_gpu: bool, deterministic: bool) -> dict[str, str]:
     return environment
 
 
+def use_cpu_only() -> None:
+    """This process computes on the CPU only (a driver that checks a model, leaving the GPUs to its workers: JAX
+    would take most of a GPU's memory on its first use)."""
+    jax.config.update("jax_platforms", "cpu")
+
+
 class Training:
     """JAX's side of one worker's training among `workers`: the mesh of one device per worker."""
 

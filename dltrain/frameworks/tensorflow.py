@@ -33,6 +33,12 @@ def worker_environment(use_gpu: bool, deterministic: bool) -> dict[str, str]:
     return {}
 
 
+def use_cpu_only() -> None:
+    """This process computes on the CPU only (a driver that checks a model, leaving the GPUs to its workers)."""
+    with contextlib.suppress(RuntimeError):  # the GPUs were in use already: nothing to leave
+        tf.config.set_visible_devices([], "GPU")
+
+
 def resolve_jit_compile(setting: str | bool, use_gpu: bool, deterministic: bool) -> bool:
     """`trainer.jit_compile`: `auto` is XLA on a GPU worker (as Keras decides), but not on a CPU (measured 8x
     slower there) nor with deterministic ops, not all of which XLA supports; true and false are taken as given."""
