@@ -14,7 +14,7 @@ from dltrain.errors import DltrainError
 from dltrain.frameworks import tensorflow as framework
 from dltrain.provenance import provenance
 from dltrain.registry import Registry
-from dltrain.runs import Run, RunStore
+from dltrain.runs import Run, RunStore, check_not_live
 from dltrain.stage import remove_left_behind, temporary_name
 from dltrain.storage import Storage, check_storage, open_storage
 
@@ -47,12 +47,17 @@ def train(job: dict, driver_log: Path | None = None, overrides: list[str] | None
         job = saved | {"storage": job["storage"], "ray": job["ray"], "resume": None, "rerun": original.id}
     run = _run_named("resume", job["resume"], storage) if job["resume"] else None
     if run is not None:
-        status = run.status()["status"]
+        record = run.status()
+        status = record["status"]
         saved = completed_config(run.config(), job)
         kind = "sweep" if saved["sweep"] else "run"
         if status == "COMPLETED":
             print(f"dltrain: {kind} {run.id} is already COMPLETED; nothing to resume -> {run.uri}", flush=True)
             return run.summary()
+        try:
+            check_not_live(run.id, record)  # at once, before the checks; claiming it below makes sure
+        except ValueError as error:
+            raise DltrainError(f"resume={run.id}: {error}") from None
         # The saved config holds no credentials: the storage and Ray settings come from this command.
         job = saved | {"storage": job["storage"], "ray": job["ray"], "resume": run.id}
     kind = "sweep" if job["sweep"] else "run"
@@ -66,13 +71,21 @@ def train(job: dict, driver_log: Path | None = None, overrides: list[str] | None
         rerun = f" (a rerun of {job['rerun']})" if job["rerun"] else ""
         print(f"dltrain: {kind} {run.id}{rerun} -> {run.uri}", flush=True)
     else:
+        _claim(run)
         run.clear_stop_request()
-        run.mark_resumed()
         print(f"dltrain: resuming {kind} {run.id} ({status}) from its latest checkpoint -> {run.uri}", flush=True)
-    with _logging_to(driver_log, run):
+    with run.heartbeat(), _logging_to(driver_log, run):  # PENDING while Ray starts, then RUNNING: a live driver
         if job["sweep"]:
             return sweep.run_sweep(job, run, resuming=job["resume"] is not None)
         return _run(job, run, parameters)
+
+
+def _claim(run: Run) -> None:
+    """Become the driver of `run`, to resume it; DltrainError in one line where it is not free (Run.claim)."""
+    try:
+        run.claim()
+    except ValueError as error:
+        raise DltrainError(f"resume={run.id}: {error}") from None
 
 
 def completed_config(saved: dict, defaults: dict) -> dict:

@@ -146,7 +146,7 @@ def _trial(params: dict, job: dict, sweep_id: str, per_worker: dict, console: Ac
         run, resuming = store.create(trial_job, framework.versions(), run_id), False
     if run.status()["status"] != "COMPLETED":
         if resuming:
-            run.mark_resumed()
+            run.claim()  # ValueError where another live driver has it
         with lifecycle.recorded(run):
             trainer = lifecycle.ray_trainer(trial_job, run, per_worker, [TuneReportCallback()], console)
             lifecycle.execute(trial_job, run, trainer)
