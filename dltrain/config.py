@@ -132,6 +132,7 @@ _DATASET_RULES: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
             "null (a split column, else 0.1) or a number in (0, 1)",
         ),
         "shuffle_buffer": (lambda v: _is_int(v) and v >= 1, "an integer >= 1 (images)"),
+        "allow_outside_paths": (lambda v: isinstance(v, bool), "true or false"),
         **_AUGMENTATION,
     },
 }
@@ -142,7 +143,10 @@ _DEFAULTS = {
     "ray": {"wait_for_workers_s": DEFAULT_WAIT_FOR_WORKERS_S},
 }
 # dataset.name -> keys its configs saved by older versions lack
-_DATASET_DEFAULTS = {"fashion_mnist": {"classes": None, "per_class": None}}
+_DATASET_DEFAULTS = {
+    "fashion_mnist": {"classes": None, "per_class": None},
+    "image_folder": {"allow_outside_paths": False},
+}
 _SECTIONS = (*_RULES, "model", "resume", "rerun", "sweep")
 
 _SWEEP_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {

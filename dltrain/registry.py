@@ -28,7 +28,7 @@ import re
 from datetime import datetime, timezone
 from typing import Any
 
-from dltrain.runs import Run, observed_status
+from dltrain.runs import PROVENANCE_FILE, TEST_METRICS_FILE, Run, observed_status
 from dltrain.storage import Storage
 
 MODELS_FOLDER = "models"
@@ -109,7 +109,8 @@ class Registry:
             check_alias(alias)
         run_status = run.status()
         status = observed_status(run_status)
-        if status != "COMPLETED" or not run.has_final_model():
+        files = run.storage.list_files(run.path)  # no symbolic link is read or copied, nor what one points at
+        if status != "COMPLETED" or f"model/{TEST_METRICS_FILE}" not in files:
             raise ValueError(f"run {run.id} is {status}: only a COMPLETED run's final model can be registered")
         record = {
             "name": name,
@@ -121,7 +122,8 @@ class Registry:
             "tags": tags,
             "metrics": run.test_metrics(),
             "library_versions": run_status.get("versions", {}),
-            "provenance": run.provenance(),  # command line, git commit, data md5s (None for older runs)
+            # command line, git commit, data md5s (None for older runs)
+            "provenance": run.provenance() if PROVENANCE_FILE in files else None,
         }
         version = (self._version_numbers(name) or [0])[-1] + 1
         while True:  # claim the next free number; another registration may take it first
@@ -130,7 +132,6 @@ class Registry:
                 break
             version += 1
         folder = self._path(name, version)
-        files = run.storage.list_files(run.path)  # no symbolic link is copied, nor what one points at
         copied = [relative for relative in files if relative.startswith("model/") or relative in _RUN_FILES]
         for relative in copied:  # on S3 a server-side copy: nothing passes through this machine
             self.storage.filesystem.create_dir(f"{folder}/{relative}".rsplit("/", 1)[0], recursive=True)
