@@ -27,7 +27,7 @@ from PIL import Image, UnidentifiedImageError
 INDEX_FILE = "shards.json"
 FORMAT = "dltrain-image-shards/1"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")  # what tf.io.decode_image reads
-_FORMATS = {"PNG", "JPEG", "BMP", "GIF"}  # the same, as Pillow names them
+_FORMATS = ("PNG", "JPEG", "BMP", "GIF")  # the same, as Pillow names them
 RESERVED = ("image",)  # columns dltrain writes itself; `path` must be in a manifest
 READ_THREADS = 16  # images are read concurrently: one S3 request each, which mostly waits on the network
 REPORTED_EXAMPLES = 5  # skipped images named in the report, of however many
@@ -144,9 +144,7 @@ def _read_image(resolve: Resolver, location: str | None) -> bytes | None:
         filesystem, path = resolve(location)
         with filesystem.open_input_stream(path) as stream:
             data = stream.read()
-        with Image.open(io.BytesIO(data)) as image:
-            if image.format not in _FORMATS:
-                return None
+        with Image.open(io.BytesIO(data), formats=_FORMATS) as image:  # no other reader is tried (EPS: Ghostscript)
             image.load()  # decodes every pixel: a truncated or corrupt file fails here
         return data
     except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError):
