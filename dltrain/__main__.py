@@ -7,10 +7,11 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from dltrain.errors import DltrainError
 from dltrain.logs import output_to
+from dltrain.redaction import Scrubber
 from dltrain.stage import temporary_name
 
 # An installed wheel carries the configs inside the package; a source checkout keeps them at the top.
@@ -33,7 +34,8 @@ def main(cfg: DictConfig) -> None:
             from dltrain import config, launch  # imported after Hydra, so `--help` and `--cfg` stay fast
         launch.train(config.resolve(cfg), driver_log, list(HydraConfig.get().overrides.task))
     except DltrainError as error:
-        print(f"dltrain: error: {error}", file=sys.stderr)
+        # Never a secret of the command line's config, nor a URL's credentials, in what is printed.
+        print(f"dltrain: error: {Scrubber(OmegaConf.to_container(cfg))(str(error))}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         sys.exit(130)

@@ -1,6 +1,6 @@
 """The run store: one folder per run id holding config, status, metrics history, summary and artifacts.
 
-<storage>/<run id>/config.yaml        resolved config, secrets redacted
+<storage>/<run id>/config.yaml        resolved config, secrets redacted (redaction.py)
                    provenance.json    the command line, dltrain's git commit, the data's md5s (provenance.py)
                    status.json        PENDING / RUNNING / COMPLETED / FAILED / STOPPED, timestamps, error, and
                                       the driver's heartbeat while RUNNING
@@ -35,6 +35,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from dltrain.errors import DltrainError
+from dltrain.redaction import redact
 from dltrain.retrying_fs import StorageUnavailable
 from dltrain.stage import pid_alive
 from dltrain.storage import Storage, cache_dir
@@ -44,8 +45,6 @@ log = logging.getLogger(__name__)
 STATUSES = ("PENDING", "RUNNING", "COMPLETED", "FAILED", "STOPPED")
 ENDED = ("COMPLETED", "FAILED", "STOPPED")
 LIVE = ("PENDING", "RUNNING")  # a driver beats for the run: it is starting, or training
-_SECRET_KEY = re.compile(r"secret|password|passwd|token|credential|private_key|access_key", re.IGNORECASE)
-REDACTED = "***"
 TEST_METRICS_FILE = "test_metrics.json"  # in model/, beside the final model: its test loss and accuracy
 MODEL_FILE = "model.keras"  # in model/: the final Keras model (and in every checkpoint)
 CONFUSION_MATRIX_FILE = "confusion_matrix.json"  # in model/: {class_names, matrix[true class][predicted class]}
@@ -76,18 +75,6 @@ def pending_dir(storage: Storage) -> Path:
 def new_run_id() -> str:
     """Readable, unique and sortable by start time: 20261122-143015-3fa9c1 (UTC)."""
     return f"{datetime.now(timezone.utc):%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
-
-
-def redact(config: Any) -> Any:
-    """A copy of `config` with the values of secret-looking keys replaced by ***."""
-    if isinstance(config, dict):
-        return {
-            key: REDACTED if _SECRET_KEY.search(str(key)) and value is not None else redact(value)
-            for key, value in config.items()
-        }
-    if isinstance(config, list):
-        return [redact(value) for value in config]
-    return config
 
 
 def check_run_id(run_id: str) -> str:

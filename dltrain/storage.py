@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 
 import pyarrow.fs as pafs
 
+from dltrain.redaction import scrub_urls
 from dltrain.retrying_fs import retried, retrying, with_retry_seconds
 
 # Attempts of one request inside pyarrow: a dropped request is repeated at once; outages are ridden out above it,
@@ -298,7 +299,8 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
     """(bucket, prefix) of an s3://bucket/prefix URI; ValueError naming the URI if it is malformed."""
     match = _S3_URI.fullmatch(uri)
     if not match:
-        raise ValueError(f"{uri!r} is not an S3 URI of the form s3://bucket/prefix (bucket: 3-63 of a-z 0-9 . -)")
+        shown = scrub_urls(uri)  # s3://KEY:SECRET@bucket is not echoed
+        raise ValueError(f"{shown!r} is not an S3 URI of the form s3://bucket/prefix (bucket: 3-63 of a-z 0-9 . -)")
     return match["bucket"], (match["prefix"] or "").strip("/")
 
 
@@ -411,7 +413,7 @@ def open_storage(config: dict) -> Storage:
         root = f"{bucket}/{prefix}".rstrip("/")
         return Storage(filesystem, root, uri.rstrip("/"), config.get("endpoint_url"), config.get("region"))
     if uri and "://" in uri and not uri.startswith("file://"):
-        raise ValueError(f"storage.uri={uri}: expected a local folder or s3://bucket/prefix")
+        raise ValueError(f"storage.uri={scrub_urls(uri)}: expected a local folder or s3://bucket/prefix")
     root = Path(uri.removeprefix("file://")).expanduser() if uri else default_local_root()
     root = root.absolute()
     root.mkdir(parents=True, exist_ok=True)
@@ -436,7 +438,7 @@ def resolver(config: dict) -> Callable[[str], tuple[pafs.FileSystem, str]]:
             bucket, key = parse_s3_uri(location)
             return s3(), f"{bucket}/{key}".rstrip("/")
         if "://" in location and not location.startswith("file://"):
-            raise ValueError(f"{location}: expected a local path or s3://bucket/key")
+            raise ValueError(f"{scrub_urls(location)}: expected a local path or s3://bucket/key")
         return pafs.LocalFileSystem(), str(Path(location.removeprefix("file://")).expanduser().absolute())
 
     return resolve
