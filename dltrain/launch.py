@@ -8,7 +8,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from dltrain import cluster, formatting, lifecycle, search_space, sweep
+from dltrain import cluster, config, formatting, lifecycle, search_space, sweep
 from dltrain.console import Console, EpochRelay
 from dltrain.errors import DltrainError
 from dltrain.frameworks import tensorflow as framework
@@ -21,11 +21,12 @@ from dltrain.stage import remove_left_behind, temporary_name
 from dltrain.storage import Storage, check_storage, open_storage
 
 
-def _open_storage(config: dict) -> Storage:
-    """The storage `config` names, checked, with the final statuses this machine kept for it written."""
+def _open_storage(settings: dict) -> Storage:
+    """The storage `settings` (a `storage` section) name, checked, with the final statuses this machine kept for it
+    written."""
     try:
-        check_storage(config)
-        storage = open_storage(config)
+        check_storage(settings)
+        storage = open_storage(settings)
         RunStore(storage).write_pending()
         return storage
     except (OSError, ValueError) as error:
@@ -45,7 +46,7 @@ def train(job: dict, driver_log: Path | None = None, overrides: list[str] | None
         original = _run_named("rerun", job["rerun"], storage)
         _check_rerun_overrides(job["rerun"], overrides or [], redacted_paths(original.config()))
         # A new run of the original's saved config; the storage and Ray settings come from this command.
-        saved = _with_secrets("rerun", job["rerun"], completed_config(original.config(), job), job)
+        saved = _repeatable("rerun", job["rerun"], completed_config(original.config(), job), job)
         job = saved | {"storage": job["storage"], "ray": job["ray"], "resume": None, "rerun": original.id}
     run = _run_named("resume", job["resume"], storage) if job["resume"] else None
     if run is not None:
@@ -56,7 +57,7 @@ def train(job: dict, driver_log: Path | None = None, overrides: list[str] | None
         if status == "COMPLETED":
             print(f"dltrain: {kind} {run.id} is already COMPLETED; nothing to resume -> {run.uri}", flush=True)
             return run.summary()
-        saved = _with_secrets("resume", run.id, saved, job)
+        saved = _repeatable("resume", run.id, saved, job)
         try:
             check_not_live(run.id, record)  # at once, before the checks; claiming it below makes sure
         except ValueError as error:
@@ -116,9 +117,10 @@ def _check_rerun_overrides(run_id: str, overrides: list[str], redacted: list[str
             )
 
 
-def _with_secrets(key: str, run_id: str, saved: dict, current: dict) -> dict:
+def _repeatable(key: str, run_id: str, saved: dict, current: dict) -> dict:
     """`saved`, a run's saved config, with the values its redaction hid (***) taken from this command's config
-    `current`; DltrainError naming the keys this command does not give."""
+    `current`, and checked as a command's config is (a config.yaml may have been edited since); DltrainError naming
+    the keys this command does not give, or what the check refuses."""
     restored, missing = saved, []
     for path in redacted_paths(saved):
         value = current
@@ -134,6 +136,10 @@ def _with_secrets(key: str, run_id: str, saved: dict, current: dict) -> dict:
             f"{'it' if len(missing) == 1 else 'them'} on this command line, as when the run started (a callback "
             "whole: '+trainer.callbacks.NAME={_target_: ..., ...}')"
         )
+    try:
+        config.check(restored)
+    except DltrainError as error:
+        raise DltrainError(f"{key}={run_id}: its saved config: {error}") from None
     return restored
 
 
