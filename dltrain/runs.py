@@ -58,6 +58,7 @@ HEARTBEAT_SECONDS = 15
 # (status.json also names the driver, {host, pid, ...}: on its own machine, a driver that is gone is seen at once.)
 LOST_AFTER_SECONDS = 120
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")  # a run id, a sweep's or a trial's: no path, no glob
+MAX_RUN_ID = 128  # characters: a file name may have 255 bytes, and a longer id is no id dltrain made
 # A final status (COMPLETED, FAILED, STOPPED) is retried for this many of the storage's retry windows before it
 # is kept on this machine instead (pending_dir()), to be written by the next command that opens the storage.
 FINAL_STATUS_WINDOWS = 2
@@ -78,7 +79,10 @@ def new_run_id() -> str:
 
 
 def check_run_id(run_id: str) -> str:
-    """`run_id` if it can be a run id (letters, digits, - and _); ValueError otherwise (a path, a glob, ..)."""
+    """`run_id` if it can be a run id (letters, digits, - and _, at most MAX_RUN_ID long); ValueError otherwise (a
+    path, a glob, ..)."""
+    if len(run_id) > MAX_RUN_ID:
+        raise ValueError(f"{run_id[:24]!r}... ({len(run_id):,} characters) is not a run id: at most {MAX_RUN_ID}")
     if not _RUN_ID.fullmatch(run_id):
         raise ValueError(f"{run_id!r} is not a run id (e.g. 20261201-151911-332926): letters, digits, - and _ only")
     return run_id

@@ -222,3 +222,29 @@ def test_links_planted_in_a_run_folder_are_never_copied(storage, tmp_path):
         assert files and not any(path.is_symlink() for path in destination.rglob("*"))
         assert not any(b"PRIVATE" in path.read_bytes() for path in files), args
         assert not (destination / "logs" / "all").exists() and not (destination / "provenance.json").exists()
+
+
+def test_models_list_shows_folders_that_do_not_read_as_models_as_unreadable_and_lists_the_rest(tmp_path):
+    storage = open_storage({"uri": str(tmp_path)})
+    run = RunStore(storage).create({}, {})
+    for name, content in (("model.keras", b"a model"), ("test_metrics.json", b'{"test_accuracy": 0.5}')):
+        storage.write_bytes(f"{run.path}/model/{name}", content)
+    run.set_status("COMPLETED")
+    registry = Registry(storage)
+    registry.register(run, "good", {}, alias="production")
+    registry.register(run, "broken", {})
+    (tmp_path / "models" / "broken" / "1" / "version.json").write_text('{"status": "REA')
+    (tmp_path / "models" / "notes").mkdir()  # a stray folder with a model's name and no version
+    (tmp_path / "models" / "tmp stuff").mkdir()  # and one without
+    listed = _dltrain("models", "list", "--storage", str(tmp_path))
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    assert lines[1].split()[:3] == ["good", "1", "1"] and len(lines) == 5
+    assert lines[2].startswith(f"{tmp_path}/models/broken: unreadable (")
+    assert lines[3] == f"{tmp_path}/models/notes: unreadable (no model 'notes' in {tmp_path}/models)"
+    assert lines[4].startswith(f"{tmp_path}/models/tmp stuff: unreadable ('tmp stuff' is not a model name")
+    items = json.loads(_dltrain("models", "list", "--json", "--storage", str(tmp_path)).stdout)
+    assert [(item["name"], "unreadable" in item) for item in items] == [
+        ("good", False), ("broken", True), ("notes", True), ("tmp stuff", True)
+    ]  # fmt: skip
+    assert items[0]["aliases"] == {"production": 1} and items[1]["versions"] is None

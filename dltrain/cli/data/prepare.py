@@ -6,7 +6,7 @@ Training reads the shards with `dataset=image_folder dataset.path=DEST`; any met
 
 import argparse
 
-from dltrain.cli.options import add_storage_options
+from dltrain.cli.options import add_storage_options, finite_number
 from dltrain.errors import DltrainError
 
 DEFAULT_SHARD_MB = 64  # a few seconds' reading per shard; many shards let workers read in a new order each epoch
@@ -18,7 +18,7 @@ def register(subcommands: argparse._SubParsersAction) -> None:
     command.add_argument("source", metavar="SOURCE", help="a folder of CLASS/ subfolders, or a .csv / .parquet "
                          "manifest with a path column (relative to it); local or s3://")  # fmt: skip
     command.add_argument("destination", metavar="DEST", help="a new folder, local or s3://bucket/prefix")
-    command.add_argument("--shard-mb", type=float, default=DEFAULT_SHARD_MB, metavar="MB",
+    command.add_argument("--shard-mb", type=finite_number, default=DEFAULT_SHARD_MB, metavar="MB",
                          help=f"images per shard, in MB (default {DEFAULT_SHARD_MB})")  # fmt: skip
     command.add_argument("--allow-outside-paths", action="store_true", help="a manifest may name files outside its "
                          "folder (../, absolute paths, s3:// URIs, links to files elsewhere)")  # fmt: skip
