@@ -273,6 +273,8 @@ class Run:
         driver = this_driver()
 
         def take(record: dict) -> dict:
+            if "status" not in record:
+                raise ValueError(f"run {self.id} was deleted meanwhile")
             check_not_live(self.id, record)
             status = observed_status(record)
             if "deleting" in record:
@@ -297,9 +299,11 @@ class Run:
         is PENDING or RUNNING with a live driver, unless `force`. Atomic against claims (Storage.update_json)."""
 
         def mark(record: dict) -> dict:
+            if "status" not in record:
+                raise ValueError(f"{self.id} was deleted meanwhile")
             status = observed_status(record)
             if status in LIVE and not force:
-                raise ValueError(f"{self.id} {status}")
+                raise ValueError(f"{self.id} {status}: a driver started it meanwhile; stop it first (or --force)")
             return record | {"deleting": _now()}
 
         self._update_status(mark)

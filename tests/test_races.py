@@ -280,7 +280,7 @@ def test_two_resumes_of_a_lost_run_make_one_driver_and_a_deletion_and_a_resume_o
             status = store.get(run_id).status()
             assert ("deleting" in status) == marked and (status["status"] == "PENDING") == claimed
             if claimed:
-                assert mark_message == f"{run_id} PENDING"
+                assert mark_message == f"{run_id} PENDING: a driver started it meanwhile; stop it first (or --force)"
             else:
                 assert claim_message == f"run {run_id} is being deleted (since {status['deleting']}): delete it again"
     finally:
@@ -308,7 +308,7 @@ def test_a_run_whose_driver_is_alive_is_neither_resumed_nor_deleted(storage_conf
             ("_claim", (run_id,)), ("_mark_deleting", (run_id,))
         )
         assert not claimed and claim_refusal.startswith(f"run {run_id} is PENDING: its driver "), claim_refusal
-        assert not marked and delete_refusal == f"{run_id} PENDING"
+        assert not marked and delete_refusal.startswith(f"{run_id} PENDING: ")
         cli = ["--storage", storage_config["uri"], *(["--endpoint-url", storage_config["endpoint_url"]]
                                                      if "endpoint_url" in storage_config else [])]  # fmt: skip
         deleted = _dltrain("runs", "delete", run_id, "--yes", *cli)

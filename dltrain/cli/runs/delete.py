@@ -43,8 +43,7 @@ def run(args: argparse.Namespace) -> None:
     except ValueError as error:
         for selected in marked:
             selected.unmark_deleting()
-        raise DltrainError(f"{error}: its driver started it meanwhile; stop it first (or --force); nothing was "
-                           "deleted") from None  # fmt: skip
+        raise DltrainError(f"{error}; nothing was deleted") from None
     for selected in runs:
         store.storage.filesystem.delete_dir(selected.path)
         print(f"deleted {selected.id} ({selected.uri})", flush=True)
