@@ -3,7 +3,8 @@
 <storage>/<run id>/config.yaml        resolved config, secrets redacted (redaction.py)
                    provenance.json    the command line, dltrain's git commit, the data's md5s (provenance.py)
                    status.json        PENDING / RUNNING / COMPLETED / FAILED / STOPPED, timestamps, error, and
-                                      the driver's heartbeat while RUNNING
+                                      the driver (who, where) and its heartbeat while PENDING or
+                                      RUNNING, `deleting` while `runs delete` removes it
                    metrics.parquet    one row per epoch
                    summary.json       written once a run has ended
                    stop_request.json  written by `dltrain runs stop`: rank 0 ends the run at its next epoch end
