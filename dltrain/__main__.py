@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from dltrain import frameworks
 from dltrain.errors import DltrainError
 from dltrain.logs import output_to
+from dltrain.redaction import Scrubber
 from dltrain.references import named_run
 from dltrain.stage import temporary_name
 from dltrain.storage import open_storage
@@ -50,7 +51,8 @@ def main(cfg: DictConfig) -> None:
             from dltrain import config, launch  # imported after Hydra, so `--help` and `--cfg` stay fast
         launch.train(config.resolve(cfg), driver_log, list(HydraConfig.get().overrides.task))
     except DltrainError as error:
-        print(f"dltrain: error: {error}", file=sys.stderr)
+        # Never a secret of the command line's config, nor a URL's credentials, in what is printed.
+        print(f"dltrain: error: {Scrubber(OmegaConf.to_container(cfg))(str(error))}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         sys.exit(130)

@@ -6,6 +6,7 @@ before anything starts.
 
 import importlib
 import inspect
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,8 @@ SEARCH_ALGORITHMS = ("random", "grid", "bayes")
 # How long a run waits for its workers to be placed before it fails: an autoscaler's new GPU node takes minutes.
 DEFAULT_WAIT_FOR_WORKERS_S = 600
 SEARCHABLE = ("model", "trainer", "dataset")  # sections a sweep may vary; resources and storage are per sweep
+MAX_SEED = 2**32 - 1  # NumPy's and TensorFlow's seeds are unsigned 32-bit integers
+MAX_IMAGE_SIZE = 1024  # pixels per side: a batch of 128 RGB images of 1024x1024 is 1.6 GB of float32 already
 
 
 def _is_int(value: Any) -> bool:
@@ -36,7 +39,12 @@ def _is_int(value: Any) -> bool:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """A finite number: inf and nan are never a setting (a learning rate of inf trains nothing)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_seed(value: Any) -> bool:
+    return _is_int(value) and 0 <= value <= MAX_SEED
 
 
 def _optional(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
@@ -51,7 +59,7 @@ _RULES: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
         "learning_rate": (lambda v: _is_number(v) and v > 0, "a number > 0"),
         "optimizer": (lambda v: v in OPTIMIZERS, "one of " + ", ".join(OPTIMIZERS)),
         "lr_schedule": (lambda v: v in LR_SCHEDULES, "one of " + ", ".join(LR_SCHEDULES)),
-        "seed": (_is_int, "an integer"),
+        "seed": (_is_seed, f"an integer from 0 to {MAX_SEED} (2**32 - 1)"),
         "deterministic": (lambda v: isinstance(v, bool), "true or false"),
         "max_failures": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
         "keep_checkpoints": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
@@ -124,7 +132,10 @@ _DATASET_RULES: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
         ),
         "label": (lambda v: isinstance(v, str) and v != "", "a column name"),
         "min_per_class": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
-        "image_size": (lambda v: _is_int(v) and v >= 8, "an integer >= 8 (pixels)"),
+        "image_size": (
+            lambda v: _is_int(v) and 8 <= v <= MAX_IMAGE_SIZE,
+            f"an integer from 8 to {MAX_IMAGE_SIZE} (pixels)",
+        ),
         "channels": (lambda v: v in (1, 3), "1 or 3"),
         "validation_split": _SPLIT,
         "test_split": (
@@ -132,6 +143,7 @@ _DATASET_RULES: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
             "null (a split column, else 0.1) or a number in (0, 1)",
         ),
         "shuffle_buffer": (lambda v: _is_int(v) and v >= 1, "an integer >= 1 (images)"),
+        "allow_outside_paths": (lambda v: isinstance(v, bool), "true or false"),
         **_AUGMENTATION,
     },
 }
@@ -142,7 +154,10 @@ _DEFAULTS = {
     "ray": {"wait_for_workers_s": DEFAULT_WAIT_FOR_WORKERS_S},
 }
 # dataset.name -> keys its configs saved by older versions lack
-_DATASET_DEFAULTS = {"fashion_mnist": {"classes": None, "per_class": None}}
+_DATASET_DEFAULTS = {
+    "fashion_mnist": {"classes": None, "per_class": None},
+    "image_folder": {"allow_outside_paths": False},
+}
 _SECTIONS = (*_RULES, "model", "resume", "rerun", "sweep")
 
 _SWEEP_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
@@ -168,7 +183,7 @@ _SCHEDULER_RULES: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
 }
 _SEARCH_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "algorithm": (lambda v: v in SEARCH_ALGORITHMS, "one of " + ", ".join(SEARCH_ALGORITHMS)),
-    "seed": (_optional(_is_int), "null or an integer"),
+    "seed": (_optional(_is_seed), f"null or an integer from 0 to {MAX_SEED} (2**32 - 1)"),
 }
 
 
@@ -188,19 +203,24 @@ def _check_keys(section: str, given: dict, allowed: list[str]) -> None:
             raise DltrainError(f"{section}.{key} is missing")
 
 
-def import_target(path: str) -> Callable:
-    """The object a `_target_` string such as `package.module.function` names."""
+def import_target(path: str, key: str = "model._target_") -> Callable:
+    """The object a `_target_` string such as `package.module.function` names; DltrainError naming `key` if none."""
     module_name, _, name = path.rpartition(".")
     try:
         return getattr(importlib.import_module(module_name), name)
     except (ImportError, AttributeError, ValueError) as error:
-        raise DltrainError(f"model._target_={path}: cannot import it ({error})") from error
+        raise DltrainError(f"{key}={path}: cannot import it ({error})") from error
 
 
 def _check_model(model: dict) -> None:
     if not isinstance(model.get("_target_"), str):
         raise DltrainError("model._target_ is missing: name a function (input_shape, num_classes, ...) -> keras.Model")
     builder = import_target(model["_target_"])
+    try:
+        inspect.signature(builder)
+    except (TypeError, ValueError):  # a module, a constant, a built-in without a signature
+        raise DltrainError(f"model._target_={model['_target_']} is not a function with a signature: name a function "
+                           "(input_shape, num_classes, ...) -> keras.Model") from None  # fmt: skip
     hyperparameters = {key: value for key, value in model.items() if key != "_target_"}
     try:
         inspect.signature(builder).bind(input_shape=(1,), num_classes=1, **hyperparameters)
@@ -209,6 +229,40 @@ def _check_model(model: dict) -> None:
             name for name in inspect.signature(builder).parameters if name not in ("input_shape", "num_classes")
         ]
         raise DltrainError(f"model: {error} for {model['_target_']}; its keys are: {', '.join(accepted)}") from error
+
+
+def _nested_targets(value: Any, path: str) -> list[str]:
+    """The dotted keys below `value` (a callback's arguments) that Hydra would instantiate: `_target_` keys."""
+    if isinstance(value, dict):
+        here = [path] if "_target_" in value else []
+        return here + [found for key, item in value.items() for found in _nested_targets(item, f"{path}.{key}")]
+    if isinstance(value, list):
+        return [found for index, item in enumerate(value) for found in _nested_targets(item, f"{path}.{index}")]
+    return []
+
+
+def _check_callbacks(callbacks: dict) -> None:
+    """Every callback is a Keras callback class, imported now: a `_target_` that does not import, or names anything
+    else (a function that runs a command, from a tampered config.yaml), fails here, not in the workers."""
+    for name, callback in callbacks.items():
+        key = f"trainer.callbacks.{name}"
+        arguments = {argument: value for argument, value in callback.items() if argument != "_target_"}
+        if nested := _nested_targets(arguments, key) + [f"{key}._partial_"] * ("_partial_" in arguments):
+            raise DltrainError(f"{nested[0]}: a callback's arguments are values, not objects to build (only "
+                               f"{key}._target_ is built)")  # fmt: skip
+        target = import_target(callback["_target_"], f"{key}._target_")
+        import keras  # here: a config without callbacks is checked without it
+
+        if not (isinstance(target, type) and issubclass(target, keras.callbacks.Callback)):
+            raise DltrainError(f"{key}._target_={callback['_target_']} is not a Keras callback class (a subclass of "
+                               "keras.callbacks.Callback)")  # fmt: skip
+
+
+def check(job: dict) -> None:
+    """Check a whole config, as resolve() does: for the saved config a resume or rerun starts from."""
+    _check_job(job)
+    if job["sweep"] is not None:
+        _check_sweep(job)
 
 
 def resolve(cfg: DictConfig) -> dict:
@@ -231,9 +285,7 @@ def resolve(cfg: DictConfig) -> dict:
             raise DltrainError(f"{section} must be a mapping, got {job[section]!r}")
         job[section] = _DEFAULTS.get(section, {}) | job[section]
     job["dataset"] = _DATASET_DEFAULTS.get(job["dataset"].get("name"), {}) | job["dataset"]
-    _check_job(job)
-    if job["sweep"] is not None:
-        _check_sweep(job)
+    check(job)
     job["dataset"]["path"] = _absolute(job["dataset"]["path"])
     if job["dataset"].get("manifest"):
         job["dataset"]["manifest"] = _absolute(job["dataset"]["manifest"])
@@ -262,8 +314,18 @@ def _check_job(job: dict) -> None:
             rules = rules | _DATASET_RULES[given["name"]]
         _check_values(section, given, rules)
     _check_model(job["model"])
+    _check_callbacks(job["trainer"]["callbacks"])
 
     trainer, resources, dataset = job["trainer"], job["resources"], job["dataset"]
+    if dataset["name"] == "image_folder":
+        size = dataset["image_size"]
+    else:
+        from dltrain.data.fashion_mnist import INPUT_SHAPE  # here: it imports Keras, as the model's check has
+
+        size = INPUT_SHAPE[0]
+    if dataset["shift"] >= size:
+        raise DltrainError(f"dataset.shift={dataset['shift']} is invalid: expected an integer from 0 to {size - 1} "
+                           f"(pixels: the images are {size}x{size})")  # fmt: skip
     least = worker_range(resources)[0]
     if least > resources["num_workers"]:
         raise DltrainError(

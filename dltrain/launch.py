@@ -8,21 +8,24 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from dltrain import capacity, cluster, formatting, frameworks, lifecycle, sweep, worker
+from dltrain import capacity, cluster, config, formatting, frameworks, lifecycle, search_space, sweep, worker
 from dltrain.console import Console, EpochRelay
 from dltrain.errors import DltrainError
+from dltrain.logs import scrubbing
 from dltrain.provenance import provenance
+from dltrain.redaction import Scrubber, redacted_paths
 from dltrain.references import named_run
-from dltrain.runs import Run, RunStore
+from dltrain.runs import Run, RunStore, check_not_live
 from dltrain.stage import remove_left_behind, temporary_name
 from dltrain.storage import Storage, check_storage, open_storage
 
 
-def _open_storage(config: dict) -> Storage:
-    """The storage `config` names, checked, with the final statuses this machine kept for it written."""
+def _open_storage(settings: dict) -> Storage:
+    """The storage `settings` (a `storage` section) name, checked, with the final statuses this machine kept for it
+    written."""
     try:
-        check_storage(config)
-        storage = open_storage(config)
+        check_storage(settings)
+        storage = open_storage(settings)
         RunStore(storage).write_pending()
         return storage
     except (OSError, ValueError) as error:
@@ -39,19 +42,25 @@ def train(job: dict, driver_log: Path | None = None, overrides: list[str] | None
     remove_left_behind()  # by drivers and workers on this machine that were killed
     storage = _open_storage(job["storage"])
     if job["rerun"]:
-        _check_rerun_overrides(job["rerun"], overrides or [])
         original = _run_named("rerun", job["rerun"], storage)
+        _check_rerun_overrides(job["rerun"], overrides or [], redacted_paths(original.config()))
         # A new run of the original's saved config; the storage and Ray settings come from this command.
-        saved = completed_config(original.config(), job)
+        saved = _repeatable("rerun", job["rerun"], completed_config(original.config(), job), job)
         job = saved | {"storage": job["storage"], "ray": job["ray"], "resume": None, "rerun": original.id}
     run = _run_named("resume", job["resume"], storage) if job["resume"] else None
     if run is not None:
-        status = run.status()["status"]
+        record = run.status()
+        status = record["status"]
         saved = completed_config(run.config(), job)
         kind = "sweep" if saved["sweep"] else "run"
         if status == "COMPLETED":
             print(f"dltrain: {kind} {run.id} is already COMPLETED; nothing to resume -> {run.uri}", flush=True)
             return run.summary()
+        saved = _repeatable("resume", run.id, saved, job)
+        try:
+            check_not_live(run.id, record)  # at once, before the checks; claiming it below makes sure
+        except ValueError as error:
+            raise DltrainError(f"resume={run.id}: {error}") from None
         # The saved config holds no credentials: the storage and Ray settings come from this command.
         job = saved | {"storage": job["storage"], "ray": job["ray"], "resume": run.id}
     kind = "sweep" if job["sweep"] else "run"
@@ -67,13 +76,22 @@ def train(job: dict, driver_log: Path | None = None, overrides: list[str] | None
         rerun = f" (a rerun of {job['rerun']})" if job["rerun"] else ""
         print(f"dltrain: {kind} {run.id}{rerun} -> {run.uri}", flush=True)
     else:
+        _claim(run)
         run.clear_stop_request()
-        run.mark_resumed()
         print(f"dltrain: resuming {kind} {run.id} ({status}) from its latest checkpoint -> {run.uri}", flush=True)
-    with _logging_to(driver_log, run):
+    scrub = Scrubber(job)  # what the saved config hides, kept out of the logs and errors too
+    with run.heartbeat(), _logging_to(driver_log, run, scrub):  # PENDING while Ray starts, then RUNNING: a live driver
         if job["sweep"]:
             return sweep.run_sweep(job, run, resuming=job["resume"] is not None)
-        return _run(job, run, parameters)
+        return _run(job, run, parameters, scrub)
+
+
+def _claim(run: Run) -> None:
+    """Become the driver of `run`, to resume it; DltrainError in one line where it is not free (Run.claim)."""
+    try:
+        run.claim()
+    except ValueError as error:
+        raise DltrainError(f"resume={run.id}: {error}") from None
 
 
 def completed_config(saved: dict, defaults: dict) -> dict:
@@ -87,15 +105,43 @@ def completed_config(saved: dict, defaults: dict) -> dict:
     return completed
 
 
-def _check_rerun_overrides(run_id: str, overrides: list[str]) -> None:
-    """A rerun repeats the saved config: an override of anything but storage.* and ray.* would be ignored."""
+def _check_rerun_overrides(run_id: str, overrides: list[str], redacted: list[str]) -> None:
+    """A rerun repeats the saved config: an override of anything but storage.*, ray.* and the `redacted` keys (whose
+    values the saved config does not hold) would be ignored."""
     for override in overrides:
         key = override.partition("=")[0].lstrip("+~")
-        if key not in ("rerun", "storage") and not key.startswith(("storage.", "ray.", "hydra.")):
+        gives_secret = any(path == key or path.startswith(f"{key}.") for path in redacted)
+        if key not in ("rerun", "storage") and not key.startswith(("storage.", "ray.", "hydra.")) and not gives_secret:
             raise DltrainError(
                 f"rerun={run_id} repeats that run's saved config: {override} cannot change it "
                 "(only storage.* and ray.* can be set; start a new run to change others)"
             )
+
+
+def _repeatable(key: str, run_id: str, saved: dict, current: dict) -> dict:
+    """`saved`, a run's saved config, with the values its redaction hid (***) taken from this command's config
+    `current`, and checked as a command's config is (a config.yaml may have been edited since); DltrainError naming
+    the keys this command does not give, or what the check refuses."""
+    restored, missing = saved, []
+    for path in redacted_paths(saved):
+        value = current
+        for part in path.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        if value is None or redacted_paths({"value": value}):
+            missing.append(path)
+        else:
+            restored = search_space.assign(restored, {path: value})
+    if missing:
+        raise DltrainError(
+            f"{key}={run_id}: the saved config holds {', '.join(missing)} redacted (***): give "
+            f"{'it' if len(missing) == 1 else 'them'} on this command line, as when the run started (a callback "
+            "whole: '+trainer.callbacks.NAME={_target_: ..., ...}')"
+        )
+    try:
+        config.check(restored)
+    except DltrainError as error:
+        raise DltrainError(f"{key}={run_id}: its saved config: {error}") from None
+    return restored
 
 
 def _run_named(key: str, run_id: str, storage: Storage) -> Run:
@@ -107,9 +153,10 @@ def _run_named(key: str, run_id: str, storage: Storage) -> Run:
 
 
 @contextlib.contextmanager
-def _logging_to(driver_log: Path | None, run: Run) -> Iterator[None]:
-    """Log records of every library at INFO and above go to `driver_log`, then into the run folder; the local
-    file is removed once stored there, else kept under a name with the run id."""
+def _logging_to(driver_log: Path | None, run: Run, scrub: Scrubber) -> Iterator[None]:
+    """Log records of every library at INFO and above go to `driver_log`, then into the run folder, with `scrub`'s
+    secrets hidden (in the console's records too); the local file is removed once stored there, else kept under a
+    name with the run id."""
     driver_log = driver_log or Path(tempfile.mkstemp(prefix=temporary_name("driver"), suffix=".log")[1])
     handler = logging.FileHandler(driver_log)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -117,26 +164,28 @@ def _logging_to(driver_log: Path | None, run: Run) -> Iterator[None]:
     root = logging.getLogger()
     root.addHandler(handler)
     try:
-        yield
+        with scrubbing(scrub):
+            yield
     finally:
         root.removeHandler(handler)
         handler.close()
         try:
-            run.storage.write_bytes(f"{run.path}/logs/driver.log", driver_log.read_bytes())
+            # Native output (TensorFlow's) reaches the file without a log record: scrubbed here too.
+            run.storage.write_bytes(f"{run.path}/logs/driver.log", scrub.bytes(driver_log.read_bytes()))
             driver_log.unlink()
         except OSError as error:  # an outage outlasted the retries: the log stays here, and the run's error shows
             kept = driver_log.rename(driver_log.with_name(f"dltrain-{run.id}-driver.log"))
             print(f"dltrain: the driver log stays in {kept}: {error}", file=sys.stderr, flush=True)
 
 
-def _run(job: dict, run: Run, parameters: int) -> dict:
+def _run(job: dict, run: Run, parameters: int, scrub: Scrubber) -> dict:
     if cluster.trains_in_driver(job):
-        with lifecycle.recorded(run), Console(job["trainer"]["progress"], in_process=True) as console:
+        with lifecycle.recorded(run, scrub), Console(job["trainer"]["progress"], in_process=True) as console:
             print(f"dltrain: {parameters:,} parameters; 1 worker, in this process (resources.local_mode)", flush=True)
             trainer = worker.DriverTrainer(job, run, console.handle, console.shows_progress)
             summary = lifecycle.execute(job, run, trainer)
     else:
-        with lifecycle.recorded(run), cluster.ray_connection(job["ray"]["address"]) as embedded:
+        with lifecycle.recorded(run, scrub), cluster.ray_connection(job["ray"]["address"]) as embedded:
             autoscaling = capacity.autoscaled(embedded)
             per_worker = capacity.worker_resources(job["resources"], autoscaling)
             with lifecycle.terminate_as_interrupt():

@@ -7,7 +7,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from dltrain.data.dataset import DataSet
 from dltrain.data.idx import IdxError
 from dltrain.errors import DltrainError
 from dltrain.logs import output_to
+from dltrain.redaction import scrub_urls
 from dltrain.retrying_fs import unavailable_in
 from dltrain.runs import FINAL_STATUS_WINDOWS, Run, StatusPending
 
@@ -128,8 +129,9 @@ def _describe(error: Exception) -> str:
 
 
 @contextlib.contextmanager
-def recorded(run: Run) -> Iterator[None]:
-    """Mark `run` STOPPED on Ctrl-C and FAILED on any error in this block, which then ends in one line."""
+def recorded(run: Run, scrub: Callable[[str], str] = scrub_urls) -> Iterator[None]:
+    """Mark `run` STOPPED on Ctrl-C and FAILED on any error in this block, which then ends in one line, with
+    `scrub`'s secrets (the run's redacted values: Scrubber) hidden in it."""
     try:
         yield
     except KeyboardInterrupt as interrupt:
@@ -139,12 +141,13 @@ def recorded(run: Run) -> Iterator[None]:
     except StatusPending:
         raise
     except DltrainError as error:
-        _final_status(run, "FAILED", str(error))
-        raise
+        message = scrub(str(error))
+        _final_status(run, "FAILED", message)
+        raise DltrainError(message) from None
     except Exception as error:
         # The whole traceback, at INFO: for the driver log, while the console gets the one line below.
         log.info("run %s failed", run.id, exc_info=True)
-        message = _describe(error)
+        message = scrub(_describe(error))
         if unavailable_in(error):  # the status write waits for the storage too: say why before it does
             print(f"dltrain: run {run.id} FAILED: {message}; storing its status waits for the storage "
                   f"({FINAL_STATUS_WINDOWS} retry windows at most)", file=sys.stderr, flush=True)  # fmt: skip

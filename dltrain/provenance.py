@@ -1,13 +1,17 @@
 """What a run records so that it can be understood and repeated: the command line (secrets redacted), the git
 commit of dltrain's code when it runs from a checkout, and the md5s of the data set's files."""
 
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
 
-from dltrain.runs import redact
+from hydra.core.override_parser.overrides_parser import OverridesParser
+
+from dltrain.redaction import Scrubber, redact
 
 _GIT_TIMEOUT_S = 10
+_UNQUOTED = re.compile(r"[\w+\-./:*@?%]+")  # what a Hydra value may hold without quotes
 
 
 def git_commit(folder: Path) -> dict[str, Any] | None:
@@ -27,12 +31,34 @@ def git_commit(folder: Path) -> dict[str, Any] | None:
     return {"commit": head.stdout.strip(), "dirty": bool(changes.stdout.strip())}
 
 
-def command_line(overrides: list[str]) -> str:
-    """`python -m dltrain key=value ...`, with the values of secret-looking keys replaced by ***."""
+def _hydra_text(value: Any) -> str:
+    """`value` as a Hydra override writes it."""
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{key}: {_hydra_text(item)}" for key, item in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(map(_hydra_text, value)) + "]"
+    text = str(value)
+    return text if _UNQUOTED.fullmatch(text) else "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def command_line(overrides: list[str], scrub: Scrubber) -> str:
+    """`python -m dltrain key=value ...`, with the values of secret-looking keys replaced by *** (inside mappings and
+    lists too, such as `+trainer.callbacks.x={...}`), then what `scrub` hides (the run's redacted values, URLs'
+    credentials) hidden wherever it is."""
+    parser = OverridesParser.create()
     shown = []
     for override in overrides:
-        key, equals, value = override.partition("=")
-        shown.append(f"{key}={redact({key.rsplit('.', 1)[-1]: value}).popitem()[1]}" if equals else override)
+        key, equals, text = override.partition("=")
+        if equals:
+            try:
+                value = parser.parse_override(override).value()
+            except Exception:  # not one Hydra can parse (it would not have run): as it was given
+                value = text
+            redacted = redact({key.rsplit(".", 1)[-1]: value}).popitem()[1]
+            text = text if redacted == value else _hydra_text(redacted)
+        shown.append(scrub(f"{key}={text}" if equals else override))
     return " ".join(["python -m dltrain", *shown])
 
 
@@ -41,7 +67,7 @@ def provenance(job: dict, overrides: list[str], rerun_of: str | None = None) -> 
     import dltrain
 
     return {
-        "command": command_line(overrides),
+        "command": command_line(overrides, Scrubber(job)),
         "rerun_of": rerun_of,
         "git": git_commit(Path(dltrain.__file__).parent),
         "data_md5": job["data"].files_md5,  # Fashion-MNIST's files (verified) or the Parquet shards read

@@ -14,15 +14,21 @@ REGISTERING until the files are copied, then READY; a registration that died hal
 its version REGISTERING, never a version that looks complete. A deleted version keeps its record, saying DELETED,
 so that a number never names two models.
 
+Records change only from the status a writer read (Storage.update_json: a lock locally, a conditional PUT on S3):
+a registration makes READY only its own REGISTERING record, and a deletion makes DELETED only a READY one (or,
+forced, a REGISTERING one, whose registration then fails). Aliases move and versions are deleted under the
+model's lock (Storage.lock), so an alias never points at a version that is not READY.
+
 A registered model is addressed NAME:N or NAME@alias (NAME alone: its newest READY version).
 """
 
+import contextlib
 import json
 import re
 from datetime import datetime, timezone
 from typing import Any
 
-from dltrain.runs import Run, observed_status
+from dltrain.runs import PROVENANCE_FILE, TEST_METRICS_FILE, Run, observed_status
 from dltrain.storage import Storage
 
 MODELS_FOLDER = "models"
@@ -103,7 +109,8 @@ class Registry:
             check_alias(alias)
         run_status = run.status()
         status = observed_status(run_status)
-        if status != "COMPLETED" or not run.has_final_model():
+        files = run.storage.list_files(run.path)  # no symbolic link is read or copied, nor what one points at
+        if status != "COMPLETED" or f"model/{TEST_METRICS_FILE}" not in files:
             raise ValueError(f"run {run.id} is {status}: only a COMPLETED run's final model can be registered")
         record = {
             "name": name,
@@ -115,7 +122,8 @@ class Registry:
             "tags": tags,
             "metrics": run.test_metrics(),
             "library_versions": run_status.get("versions", {}),
-            "provenance": run.provenance(),  # command line, git commit, data md5s (None for older runs)
+            # command line, git commit, data md5s (None for older runs)
+            "provenance": run.provenance() if PROVENANCE_FILE in files else None,
         }
         version = (self._version_numbers(name) or [0])[-1] + 1
         while True:  # claim the next free number; another registration may take it first
@@ -124,13 +132,19 @@ class Registry:
                 break
             version += 1
         folder = self._path(name, version)
-        copied = [f"model/{relative}" for relative in run.storage.list_files(f"{run.path}/model")]
-        copied += [relative for relative in _RUN_FILES if run.storage.exists(f"{run.path}/{relative}")]
+        copied = [relative for relative in files if relative.startswith("model/") or relative in _RUN_FILES]
         for relative in copied:  # on S3 a server-side copy: nothing passes through this machine
             self.storage.filesystem.create_dir(f"{folder}/{relative}".rsplit("/", 1)[0], recursive=True)
             self.storage.filesystem.copy_file(f"{run.path}/{relative}", f"{folder}/{relative}")
+
+        def ready(current: dict | None) -> dict | None:
+            return record | {"status": READY} if current and current["status"] == REGISTERING else None
+
+        # READY only over this registration's REGISTERING record: `models delete --force` may have deleted it.
+        if self.storage.update_json(self._path(name, version, VERSION_FILE), ready)["status"] != READY:
+            self._remove_files(name, version)
+            raise ValueError(f"{name}:{version} was deleted while it was being registered: nothing was registered")
         record["status"] = READY
-        self.storage.write_bytes(self._path(name, version, VERSION_FILE), json.dumps(record, indent=2).encode())
         if alias is not None:
             self.set_alias(name, version, alias)
         return record
@@ -187,34 +201,59 @@ class Registry:
         return f"{self._path(record['name'], record['version'])}/model"
 
     def set_alias(self, name: str, version: int, alias: str) -> int | None:
-        """Point `alias` of `name` at READY `version`; returns the version it pointed at before, if any."""
+        """Point `alias` of `name` at READY `version`; returns the version it pointed at before, if any. Holds
+        the model's lock, as `delete` does: an alias never lands on a version being deleted."""
         check_alias(alias)
-        self.get(f"{name}:{version}")
-        before = self.aliases(name).get(alias)
-        self.storage.write_bytes(
-            self._path(name, "aliases", f"{alias}.json"), json.dumps({"version": version, "updated": _now()}).encode()
-        )
+        with self.storage.lock(self._path(check_name(name))):
+            self.get(f"{name}:{version}")
+            before = self.aliases(name).get(alias)
+            self.storage.write_bytes(
+                self._path(name, "aliases", f"{alias}.json"),
+                json.dumps({"version": version, "updated": _now()}).encode(),
+            )
         return before
 
-    def delete(self, name: str, version: int) -> None:
-        """Remove the files of version `version` of `name`, whose record then says DELETED; ValueError if an alias
-        points at it or it does not exist."""
-        records = {record["version"]: record for record in self.versions(name)}
-        if records.get(version, {}).get("status") in (None, DELETED):
-            live = ", ".join(str(number) for number, record in records.items() if record["status"] != DELETED)
-            raise ValueError(f"model {name!r} has no version {version} (versions: {live or 'none'})")
-        pointing = sorted(alias for alias, target in self.aliases(name).items() if target == version)
-        if pointing:
+    def delete(self, name: str, version: int, force: bool = False) -> None:
+        """Remove the files of READY version `version` of `name`, whose record then says DELETED; ValueError if it
+        does not exist, an alias points at it, or it is not READY. With `force`, also a REGISTERING one (whose
+        registration, if still under way, then fails instead of making it READY).
+
+        Holds the model's lock, as `set_alias` does, and changes the record only from the status it checked."""
+        deletable = (READY, REGISTERING) if force else (READY,)
+        with self.storage.lock(self._path(check_name(name))):
+            records = {record["version"]: record for record in self.versions(name)}
+            status = records.get(version, {}).get("status")
+            if status in (None, DELETED):
+                live = ", ".join(str(number) for number, record in records.items() if record["status"] != DELETED)
+                raise ValueError(f"model {name!r} has no version {version} (versions: {live or 'none'})")
+            pointing = sorted(alias for alias, target in self.aliases(name).items() if target == version)
+            if pointing:
+                raise ValueError(
+                    f"{name}:{version} is {', '.join('@' + alias for alias in pointing)}: "
+                    f"move the alias first (dltrain models alias {name} N {pointing[0]})"
+                )
+
+            def deleted(current: dict | None) -> dict | None:
+                if current is None or current["status"] not in deletable:
+                    return None
+                return current | {"status": DELETED, "deleted": _now()}
+
+            # The record stays, saying DELETED, so that the number is never given to another model.
+            after = self.storage.update_json(self._path(name, version, VERSION_FILE), deleted)
+        if after["status"] != DELETED:
             raise ValueError(
-                f"{name}:{version} is {', '.join('@' + alias for alias in pointing)}: "
-                f"move the alias first (dltrain models alias {name} N {pointing[0]})"
+                f"{name}:{version} is {after['status']}, not READY: a registration is copying it, or died doing so "
+                f"(--force deletes it; a registration still under way then fails)"
             )
+        self._remove_files(name, version)
+
+    def _remove_files(self, name: str, version: int) -> None:
+        """Remove every file of a version but its record (what is already gone, by a concurrent removal, is)."""
         folder = self._path(name, version)
-        record = self._read(name, version, VERSION_FILE) | {"status": DELETED, "deleted": _now()}
-        # The record stays, saying DELETED, so that the number is never given to another model.
-        self.storage.write_bytes(f"{folder}/{VERSION_FILE}", json.dumps(record, indent=2).encode())
-        for subfolder in self.storage.list_folders(folder):  # model/
-            self.storage.filesystem.delete_dir(f"{folder}/{subfolder}")
         for relative in self.storage.list_files(folder):
             if relative != VERSION_FILE:
-                self.storage.filesystem.delete_file(f"{folder}/{relative}")
+                with contextlib.suppress(FileNotFoundError):
+                    self.storage.filesystem.delete_file(f"{folder}/{relative}")
+        for subfolder in self.storage.list_folders(folder):  # model/, now empty
+            with contextlib.suppress(FileNotFoundError):
+                self.storage.filesystem.delete_dir(f"{folder}/{subfolder}")

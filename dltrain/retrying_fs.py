@@ -53,10 +53,24 @@ def unavailable_in(error: BaseException) -> StorageUnavailable | None:
 
 
 def is_transient(error: BaseException) -> bool:
-    """Whether a later attempt may succeed where `error` failed (an outage, not a mistake)."""
-    return (
-        isinstance(error, OSError) and not isinstance(error, StorageUnavailable) and bool(_TRANSIENT.search(str(error)))
-    )
+    """Whether a later attempt may succeed where `error` failed (an outage, not a mistake): pyarrow's errors, and
+    boto3's for the requests pyarrow cannot make (conditional writes)."""
+    if isinstance(error, StorageUnavailable):
+        return False
+    if type(error).__module__.startswith("botocore."):
+        return _boto_transient(error)
+    return isinstance(error, OSError) and bool(_TRANSIENT.search(str(error)))
+
+
+def _boto_transient(error: BaseException) -> bool:
+    import botocore.exceptions
+
+    if isinstance(error, (botocore.exceptions.ConnectionError, botocore.exceptions.ReadTimeoutError)):
+        return True
+    if isinstance(error, botocore.exceptions.ClientError):
+        status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        return status >= 500 or error.response.get("Error", {}).get("Code") in ("SlowDown", "Throttling")
+    return False
 
 
 def _reason(error: BaseException) -> str:
@@ -94,7 +108,7 @@ class RetryingHandler(pafs.FileSystemHandler):
                 if failed and took_effect is not None and took_effect():
                     return None  # type: ignore[return-value]
                 raise
-            except OSError as error:
+            except Exception as error:
                 if not is_transient(error):
                     raise
                 now = time.monotonic()
@@ -224,6 +238,13 @@ class _SpooledUpload:
 def retrying(filesystem: pafs.FileSystem, retry_seconds: float, where: str) -> pafs.FileSystem:
     """`filesystem` with every call retried through outages for `retry_seconds`; `where` names it in errors."""
     return pafs.PyFileSystem(RetryingHandler(filesystem, retry_seconds, where))
+
+
+def retried(filesystem: pafs.FileSystem, action: str, path: str, call: Callable[[], T]) -> T:
+    """`call()` (a request made beside `filesystem`, to the same store), retried through outages as `filesystem`
+    retries its own calls."""
+    handler = getattr(filesystem, "handler", None)
+    return handler.retry(action, path, call) if isinstance(handler, RetryingHandler) else call()
 
 
 def with_retry_seconds(filesystem: pafs.FileSystem, retry_seconds: float) -> pafs.FileSystem:

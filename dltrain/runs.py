@@ -1,9 +1,10 @@
 """The run store: one folder per run id holding config, status, metrics history, summary and artifacts.
 
-<storage>/<run id>/config.yaml        resolved config, secrets redacted
+<storage>/<run id>/config.yaml        resolved config, secrets redacted (redaction.py)
                    provenance.json    the command line, dltrain's git commit, the data's md5s (provenance.py)
                    status.json        PENDING / RUNNING / COMPLETED / FAILED / STOPPED, timestamps, error, and
-                                      the driver's heartbeat while RUNNING
+                                      the driver (who, where) and its heartbeat while PENDING or
+                                      RUNNING, `deleting` while `runs delete` removes it
                    metrics.parquet    one row per epoch
                    summary.json       written once a run has ended
                    stop_request.json  written by `dltrain runs stop`: rank 0 ends the run at its next epoch end
@@ -15,12 +16,15 @@
 """
 
 import contextlib
+import getpass
 import hashlib
 import io
 import json
 import logging
+import os
 import re
 import secrets
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
@@ -32,27 +36,30 @@ import pyarrow.parquet as pq
 import yaml
 
 from dltrain.errors import DltrainError
+from dltrain.redaction import redact
 from dltrain.retrying_fs import StorageUnavailable
+from dltrain.stage import pid_alive
 from dltrain.storage import Storage, cache_dir
 
 log = logging.getLogger(__name__)
 
 STATUSES = ("PENDING", "RUNNING", "COMPLETED", "FAILED", "STOPPED")
 ENDED = ("COMPLETED", "FAILED", "STOPPED")
-_SECRET_KEY = re.compile(r"secret|password|passwd|token|credential|private_key|access_key", re.IGNORECASE)
-REDACTED = "***"
+LIVE = ("PENDING", "RUNNING")  # a driver beats for the run: it is starting, or training
 TEST_METRICS_FILE = "test_metrics.json"  # in model/, beside the final model: its test loss and accuracy
 MODEL_FILE = "model.keras"  # in model/: the final Keras model (and in every checkpoint)
 CONFUSION_MATRIX_FILE = "confusion_matrix.json"  # in model/: {class_names, matrix[true class][predicted class]}
 STOP_REQUEST_FILE = "stop_request.json"
 PROVENANCE_FILE = "provenance.json"
-# While a run is RUNNING its driver refreshes status.json's `heartbeat` this often; a reader can take a RUNNING run
-# whose heartbeat is minutes old for one whose driver died. Each refresh gives up after this long in an outage:
-# the next one tries again.
+# While a run is PENDING or RUNNING its driver refreshes status.json's `heartbeat` this often; a reader can take such
+# a run whose heartbeat is minutes old for one whose driver died. Each refresh gives up after this long in an
+# outage: the next one tries again.
 HEARTBEAT_SECONDS = 15
-# A RUNNING run whose heartbeat is older than this is shown as LOST: its driver died without saying so.
+# A PENDING or RUNNING run whose heartbeat is older than this is shown as LOST: its driver died without saying so.
+# (status.json also names the driver, {host, pid, ...}: on its own machine, a driver that is gone is seen at once.)
 LOST_AFTER_SECONDS = 120
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")  # a run id, a sweep's or a trial's: no path, no glob
+MAX_RUN_ID = 128  # characters: a file name may have 255 bytes, and a longer id is no id dltrain made
 # A final status (COMPLETED, FAILED, STOPPED) is retried for this many of the storage's retry windows before it
 # is kept on this machine instead (pending_dir()), to be written by the next command that opens the storage.
 FINAL_STATUS_WINDOWS = 2
@@ -72,32 +79,72 @@ def new_run_id() -> str:
     return f"{datetime.now(timezone.utc):%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
 
 
-def redact(config: Any) -> Any:
-    """A copy of `config` with the values of secret-looking keys replaced by ***."""
-    if isinstance(config, dict):
-        return {
-            key: REDACTED if _SECRET_KEY.search(str(key)) and value is not None else redact(value)
-            for key, value in config.items()
-        }
-    if isinstance(config, list):
-        return [redact(value) for value in config]
-    return config
-
-
 def check_run_id(run_id: str) -> str:
-    """`run_id` if it can be a run id (letters, digits, - and _); ValueError otherwise (a path, a glob, ..)."""
+    """`run_id` if it can be a run id (letters, digits, - and _, at most MAX_RUN_ID long); ValueError otherwise (a
+    path, a glob, ..)."""
+    if len(run_id) > MAX_RUN_ID:
+        raise ValueError(f"{run_id[:24]!r}... ({len(run_id):,} characters) is not a run id: at most {MAX_RUN_ID}")
     if not _RUN_ID.fullmatch(run_id):
         raise ValueError(f"{run_id!r} is not a run id (e.g. 20261201-151911-332926): letters, digits, - and _ only")
     return run_id
 
 
+def _process_started(pid: int) -> str | None:
+    """When process `pid` started, in clock ticks since boot (Linux's /proc): with the pid, it names one process."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def this_driver() -> dict[str, Any]:
+    """This process as a run's driver: where it runs, and a token that no other driver has."""
+    pid = os.getpid()
+    return {"user": getpass.getuser(), "host": socket.gethostname(), "pid": pid, "started": _process_started(pid),
+            "token": secrets.token_hex(8)}  # fmt: skip
+
+
+def _driver_gone(driver: dict | None) -> bool:
+    """Whether status.json's `driver` is a process of this machine that no longer exists."""
+    if not driver or driver.get("host") != socket.gethostname():
+        return False
+    if not pid_alive(driver["pid"]):
+        return True
+    started = _process_started(driver["pid"])  # a pid of this machine given to another process since
+    return None not in (started, driver.get("started")) and started != driver["started"]
+
+
 def observed_status(record: dict, now: datetime | None = None) -> str:
-    """A status.json's status as a reader should take it: LOST for a RUNNING run whose driver stopped beating."""
+    """A status.json's status as a reader should take it: LOST for a PENDING or RUNNING run whose driver stopped
+    beating, or died on this machine."""
+    status = record.get("status", "PENDING")
     heartbeat = record.get("heartbeat") or record.get("updated")
-    if record.get("status") != "RUNNING" or heartbeat is None:
-        return record.get("status", "PENDING")
+    if status not in LIVE or heartbeat is None:
+        return status
+    if _driver_gone(record.get("driver")):
+        return "LOST"
     age = (now or datetime.now(timezone.utc)) - datetime.fromisoformat(heartbeat)
-    return "LOST" if age.total_seconds() > LOST_AFTER_SECONDS else "RUNNING"
+    return "LOST" if age.total_seconds() > LOST_AFTER_SECONDS else status
+
+
+def check_not_live(run_id: str, record: dict) -> None:
+    """ValueError naming its driver where the run of status.json `record` is PENDING or RUNNING with a live
+    driver: another process must not resume it."""
+    status = observed_status(record)
+    if status in LIVE:
+        raise ValueError(
+            f"run {run_id} is {status}: {_age(record)}; stop it first (dltrain runs stop {run_id}), "
+            f"or resume it once it is LOST ({LOST_AFTER_SECONDS} s without a heartbeat)"
+        )
+
+
+def _age(record: dict) -> str:
+    """ "its driver alice@host (pid 12) beat 14 s ago": who keeps a live run alive."""
+    driver = record.get("driver") or {}
+    heartbeat = record.get("heartbeat") or record.get("updated")
+    seconds = (datetime.now(timezone.utc) - datetime.fromisoformat(heartbeat)).total_seconds() if heartbeat else None
+    who = f"its driver {driver.get('user', '?')}@{driver.get('host', '?')} (pid {driver.get('pid', '?')})"
+    return who + (f" beat {max(seconds, 0):.0f} s ago" if seconds is not None else "")
 
 
 def _now() -> str:
@@ -112,8 +159,9 @@ class Run:
         self.id = run_id
         self.path = storage.join(run_id)
         self.uri = storage.uri_of(run_id)
-        self._status_lock = threading.Lock()
+        self._driver: dict | None = None  # this process's, where it drives the run (this_driver)
         self._stop_heartbeat = threading.Event()
+        self._beating = False
 
     def _write_json(self, name: str, data: dict) -> None:
         self.storage.write_bytes(f"{self.path}/{name}", json.dumps(data, indent=2).encode())
@@ -134,15 +182,12 @@ class Run:
         """The content of status.json."""
         return self._read_json("status.json")
 
-    def _update_status(self, change: Callable[[dict], dict | None], storage: Storage | None = None) -> None:
-        """Read status.json, apply `change` (None: leave it as it is) and write it back, one writer at a time."""
-        storage = storage or self.storage
-        path = f"{self.path}/status.json"
-        with self._status_lock:
-            record = json.loads(storage.read_bytes(path)) if storage.exists(path) else {"created": _now()}
-            changed = change(record)
-            if changed is not None:
-                storage.write_bytes(path, json.dumps(changed, indent=2).encode())
+    def _update_status(self, change: Callable[[dict], dict | None], storage: Storage | None = None) -> dict | None:
+        """Read status.json, apply `change` (None: leave it as it is) and write it back, atomically against every
+        other writer of it (Storage.update_json); returns it as it is then."""
+        return (storage or self.storage).update_json(
+            f"{self.path}/status.json", lambda record: change(record if record is not None else {"created": _now()})
+        )
 
     def set_status(self, status: str, error: str | None = None) -> None:
         """Record a status transition with its time; `error` explains a FAILED or STOPPED run.
@@ -155,8 +200,10 @@ class Run:
             raise ValueError(f"status={status!r}; expected one of {', '.join(STATUSES)}")
         now = _now()
         fields = {"run_id": self.id, "status": status, "updated": now, "error": error}
-        if status == "RUNNING":
+        if status in LIVE:
             fields["heartbeat"] = now
+            if self._driver is not None:
+                fields["driver"] = self._driver
         if status in ENDED:
             fields["ended"] = now
             self._stop_heartbeat.set()  # no heartbeat write may land after this one
@@ -165,6 +212,8 @@ class Run:
             changed = record | fields
             if status == "RUNNING":
                 changed.setdefault("started", now)
+            if status in ENDED:
+                changed.pop("driver", None)  # nobody drives it now
             return changed
 
         for _ in range(FINAL_STATUS_WINDOWS if status in ENDED else 1):
@@ -185,12 +234,17 @@ class Run:
 
     @contextlib.contextmanager
     def heartbeat(self, seconds: float = HEARTBEAT_SECONDS) -> Iterator[None]:
-        """While the block runs, refresh status.json's `heartbeat` every `seconds` as long as the run is RUNNING;
-        none is written once the block has ended or a final status is set."""
+        """While the block runs, refresh status.json's `heartbeat` every `seconds` as long as the run is PENDING
+        or RUNNING with this process as its driver; none is written once the block has ended, a final status is
+        set, or the run is being deleted. A block inside another beats through the outer one."""
+        if self._beating:
+            yield
+            return
         storage = self.storage.with_retry_seconds(seconds)
 
         def beat(record: dict) -> dict | None:
-            if self._stop_heartbeat.is_set() or record.get("status") != "RUNNING":
+            mine = self._driver is not None and (record.get("driver") or {}).get("token") == self._driver["token"]
+            if self._stop_heartbeat.is_set() or not mine or record.get("status") not in LIVE or "deleting" in record:
                 return None
             return record | {"heartbeat": _now()}
 
@@ -202,6 +256,7 @@ class Run:
                     log.info("run %s: heartbeat not stored: %s", self.id, error)
 
         self._stop_heartbeat.clear()
+        self._beating = True
         thread = threading.Thread(target=refresh, name=f"dltrain-heartbeat-{self.id}", daemon=True)
         thread.start()
         try:
@@ -209,10 +264,54 @@ class Run:
         finally:
             self._stop_heartbeat.set()
             thread.join()  # at most one write in flight, which gives up within `seconds`
+            self._beating = False
 
-    def mark_resumed(self) -> None:
-        """Record that the run is being resumed (status.json keeps the times of every resume)."""
-        self._update_status(lambda record: record | {"resumed": [*record.get("resumed", []), _now()]})
+    def claim(self) -> None:
+        """Make this process the driver of the run, to resume it: it is PENDING again, beating for this process,
+        and status.json records the resume. Atomic against other claims and deletions (Storage.update_json);
+        ValueError naming why not where it is COMPLETED, being deleted, or PENDING or RUNNING with a live driver
+        (one whose heartbeat is fresh; LOST may be resumed)."""
+        driver = this_driver()
+
+        def take(record: dict) -> dict:
+            if "status" not in record:
+                raise ValueError(f"run {self.id} was deleted meanwhile")
+            check_not_live(self.id, record)
+            status = observed_status(record)
+            if "deleting" in record:
+                raise ValueError(f"run {self.id} is being deleted (since {record['deleting']}): delete it again")
+            if status == "COMPLETED":
+                raise ValueError(f"run {self.id} is COMPLETED: there is nothing to resume")
+            now = _now()
+            resumed = [*record.get("resumed", []), now]
+            return record | {
+                "status": "PENDING",
+                "updated": now,
+                "heartbeat": now,
+                "driver": driver,
+                "resumed": resumed,
+            }
+
+        self._update_status(take)
+        self._driver = driver
+
+    def mark_deleting(self, force: bool) -> None:
+        """Say in status.json that the run is being deleted, so that nothing resumes it meanwhile; ValueError if it
+        is PENDING or RUNNING with a live driver, unless `force`. Atomic against claims (Storage.update_json)."""
+
+        def mark(record: dict) -> dict:
+            if "status" not in record:
+                raise ValueError(f"{self.id} was deleted meanwhile")
+            status = observed_status(record)
+            if status in LIVE and not force:
+                raise ValueError(f"{self.id} {status}: a driver started it meanwhile; stop it first (or --force)")
+            return record | {"deleting": _now()}
+
+        self._update_status(mark)
+
+    def unmark_deleting(self) -> None:
+        """Undo mark_deleting: the run was not deleted after all."""
+        self._update_status(lambda record: {k: v for k, v in record.items() if k != "deleting"})
 
     def request_stop(self, by: str) -> None:
         """Ask the run to stop at its next epoch end, on behalf of `by` (user@host)."""
@@ -293,8 +392,9 @@ class RunStore:
         self, config: dict, versions: dict[str, str], run_id: str | None = None, provenance: dict | None = None
     ) -> Run:
         """A new run folder (a new id unless one is given) holding the config, its provenance (if given) and a
-        PENDING status that records the library versions."""
+        PENDING status that records the library versions, with this process as its driver."""
         run = Run(self.storage, run_id or new_run_id())
+        run._driver = this_driver()
         run.write_config(config)
         if provenance is not None:
             run._write_json(PROVENANCE_FILE, provenance)

@@ -16,7 +16,8 @@ from pathlib import Path
 _OWNER = re.compile(r"^dltrain-.+-pid(\d+)-[^-]+$")  # e.g. dltrain-<run id>-worker<rank>-pid<pid>-<mkdtemp's suffix>
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process `pid` exists on this machine (another user's included)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -36,7 +37,7 @@ def remove_left_behind(folder: Path | None = None) -> list[Path]:
     removed = []
     for path in Path(folder or tempfile.gettempdir()).glob("dltrain-*-pid*-*"):
         owner = _OWNER.match(path.name)
-        if owner and not _alive(int(owner[1])):
+        if owner and not pid_alive(int(owner[1])):
             if path.is_dir():
                 shutil.rmtree(path, ignore_errors=True)
             else:

@@ -4,15 +4,20 @@ Ray Train persists checkpoints through the same (filesystem, path) pair, so dltr
 one folder per run.
 """
 
+import contextlib
 import dataclasses
+import fcntl
 import functools
+import getpass
+import json
 import os
 import re
 import shutil
+import socket
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,12 +25,15 @@ from urllib.parse import urlsplit
 
 import pyarrow.fs as pafs
 
-from dltrain.retrying_fs import retrying, with_retry_seconds
+from dltrain.redaction import scrub_urls
+from dltrain.retrying_fs import retried, retrying, with_retry_seconds
 
 # Attempts of one request inside pyarrow: a dropped request is repeated at once; outages are ridden out above it,
 # by dltrain's retrying filesystem, for storage.retry_seconds.
 _S3_ATTEMPTS = 3
 DEFAULT_RETRY_SECONDS = 60
+LOCK_WAIT_S = 60  # how long a lock (Storage.lock) is waited for before giving up
+LEASE_S = 60  # an S3 lock's lease: a lock its holder has not given back is free this long after it was taken
 
 
 def default_local_root() -> Path:
@@ -88,12 +96,18 @@ class Storage:
                 return False
             finally:
                 partial.unlink()
+        return self._conditional_put(path, data, {"IfNoneMatch": "*"})
+
+    def _conditional_put(self, path: str, data: bytes, condition: dict[str, str]) -> bool:
+        """PUT `data` at `path` on S3 if `condition` (If-None-Match or If-Match) holds there; False on 412."""
         import botocore.exceptions
 
         bucket, key = path.split("/", 1)
+        client = s3_client(self.endpoint_url, self.region)
         for attempt in range(_S3_ATTEMPTS * 3):
             try:
-                s3_client(self.endpoint_url, self.region).put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
+                retried(self.filesystem, "writing", path,
+                        lambda: client.put_object(Bucket=bucket, Key=key, Body=data, **condition))  # fmt: skip
                 return True
             except botocore.exceptions.ClientError as error:
                 code = error.response.get("Error", {}).get("Code")
@@ -103,6 +117,73 @@ class Storage:
                     raise
                 time.sleep(0.1 * (attempt + 1))
         raise OSError(f"{self.uri_of(path)}: concurrent writers kept conflicting")
+
+    def update_json(self, path: str, change: Callable[[dict | None], dict | None]) -> dict | None:
+        """Read the JSON file `path` (None where there is none), apply `change` and write what it returns (None:
+        leave the file as it is), atomically against every other update of that file, from any machine; returns
+        the file's content after the update.
+
+        Locally the update holds the file's lock (`lock`); on S3 the write is a conditional PUT (If-Match: the
+        ETag read, or If-None-Match: * for a new file) and, where another writer came first, the update starts
+        again from the read. `change` may therefore be called more than once, and must only compute.
+        """
+        if not self.uri.startswith("s3://"):
+            with self.lock(path):
+                current = json.loads(self.read_bytes(path)) if self.exists(path) else None
+                changed = change(current)
+                if changed is not None:
+                    self.write_bytes(path, json.dumps(changed, indent=2).encode())
+                return current if changed is None else changed
+        import botocore.exceptions
+
+        bucket, key = path.split("/", 1)
+        client = s3_client(self.endpoint_url, self.region)
+        while True:
+            try:
+                response = retried(self.filesystem, "reading", path, lambda: client.get_object(Bucket=bucket, Key=key))
+                current, condition = json.loads(response["Body"].read()), {"IfMatch": response["ETag"]}
+            except botocore.exceptions.ClientError as error:
+                if error.response.get("Error", {}).get("Code") not in ("NoSuchKey", "404"):
+                    raise
+                current, condition = None, {"IfNoneMatch": "*"}
+            changed = change(current)
+            if changed is None:
+                return current
+            if self._conditional_put(path, json.dumps(changed, indent=2).encode(), condition):
+                return changed
+
+    @contextlib.contextmanager
+    def lock(self, path: str, wait_seconds: float = LOCK_WAIT_S) -> Iterator[None]:
+        """Hold the lock of the file or folder `path` while the block runs: one holder at a time, on any machine;
+        OSError naming the holder if it is not free within `wait_seconds`.
+
+        Locally an flock(2) of `.NAME.lock` beside it, released by the kernel if its holder dies, and removed
+        when the block ends. On S3 a lease, `.NAME.lock.json` beside it, taken by a conditional write
+        (update_json); a lease that its holder did not give back (it died) may be taken LEASE_S after it was.
+        """
+        folder, _, name = path.rpartition("/")
+        if not self.uri.startswith("s3://"):
+            with _flocked(Path(folder) / f".{name}.lock", wait_seconds, self.uri_of(path)):
+                yield
+            return
+        lease, token = f"{folder}/.{name}.lock.json", uuid.uuid4().hex
+        holder = f"{getpass.getuser()}@{socket.gethostname()} pid {os.getpid()}"
+
+        def take(record: dict | None) -> dict | None:
+            if record and record.get("token") not in (None, token) and record["until"] > time.time():
+                return None  # held, and not for long enough to be a dead holder's
+            return {"token": token, "holder": holder, "until": time.time() + LEASE_S}
+
+        deadline, delay = time.monotonic() + wait_seconds, 0.05
+        while (record := self.update_json(lease, take)) and record["token"] != token:
+            if time.monotonic() > deadline:
+                raise OSError(f"{self.uri_of(path)} is locked by {record['holder']}: try again")
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
+        try:
+            yield
+        finally:
+            self.update_json(lease, lambda record: {"token": None} if record and record["token"] == token else None)
 
     def read_bytes(self, path: str, offset: int = 0) -> bytes:
         """A file's content from byte `offset` on (the whole file by default)."""
@@ -128,24 +209,34 @@ class Storage:
 
     def download(self, path: str, destination: Path) -> int:
         """Copy the folder `path` to the local folder `destination`, which must not exist: it is filled under a
-        hidden name beside it, then renamed, so it appears whole or not at all. Returns the number of files."""
+        hidden name beside it, then renamed, so it appears whole or not at all. Symbolic links in a local `path`
+        are not followed (list_files). Returns the number of files."""
         destination.parent.mkdir(parents=True, exist_ok=True)
         partial = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", dir=destination.parent))
         try:
-            pafs.copy_files(path, str(partial), source_filesystem=self.filesystem, use_threads=False)
+            files = self.list_files(path)
+            for relative in files:  # one after another, as `upload`
+                (partial / relative).parent.mkdir(parents=True, exist_ok=True)
+                pafs.copy_files(f"{path}/{relative}", str(partial / relative), source_filesystem=self.filesystem,
+                                use_threads=False)  # fmt: skip
             partial.rename(destination)
         finally:
             shutil.rmtree(partial, ignore_errors=True)
-        return sum(1 for file in destination.rglob("*") if file.is_file())
+        return len(files)
 
     def list_files(self, path: str) -> dict[str, int]:
-        """Every file below `path`, by its path relative to it, with its size in bytes."""
+        """Every file below `path`, by its path relative to it, with its size in bytes; not the hidden files of
+        writes and locks in progress, nor, locally, symbolic links (or what is below a linked folder): what a
+        copy of a folder must take, and no file outside it."""
+        if not self.uri.startswith("s3://"):
+            return {relative: size for relative, size in _local_files(path) if not _TRANSIENT_FILE.fullmatch(relative)}
         selector = pafs.FileSelector(path, recursive=True, allow_not_found=True)
-        return {
+        listed = {
             info.path.removeprefix(path.rstrip("/") + "/"): info.size
             for info in self.filesystem.get_file_info(selector)
             if info.type == pafs.FileType.File
         }
+        return {relative: size for relative, size in listed.items() if not _TRANSIENT_FILE.fullmatch(relative)}
 
     def list_folders(self, path: str) -> list[str]:
         """Names of the folders directly below `path`."""
@@ -155,6 +246,52 @@ class Storage:
         )
 
 
+# Files that writes and locks in progress keep beside the ones they change (write_bytes, create_exclusive, lock).
+_TRANSIENT_FILE = re.compile(r"(?:.*/)?\.[^/]*\.(?:partial|lock)")
+
+
+def _local_files(path: str) -> Iterator[tuple[str, int]]:
+    """(relative path, size) of the regular files below the local folder `path`, never through a symbolic link."""
+    if os.path.islink(path):
+        return
+    for folder, _, names in os.walk(path):  # does not descend into linked folders
+        for name in names:
+            full = os.path.join(folder, name)
+            if not os.path.islink(full) and os.path.isfile(full):
+                yield os.path.relpath(full, path), os.path.getsize(full)
+
+
+@contextlib.contextmanager
+def _flocked(lock_file: Path, wait_seconds: float, what: str) -> Iterator[None]:
+    """Hold an exclusive flock(2) of `lock_file` (made if missing; removed at the end, while still held)."""
+    deadline = time.monotonic() + wait_seconds
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        descriptor = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            while True:
+                try:
+                    fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise OSError(f"{what} stayed locked for {wait_seconds:g} s ({lock_file})") from None
+                    time.sleep(0.01)
+            # The holder before this one removes the file once done: a lock of a removed file is no lock.
+            try:
+                current = os.stat(lock_file).st_ino == os.fstat(descriptor).st_ino
+            except FileNotFoundError:
+                current = False
+            if current:
+                try:
+                    yield
+                finally:
+                    lock_file.unlink(missing_ok=True)
+                return
+        finally:
+            os.close(descriptor)
+
+
 _S3_URI = re.compile(r"s3://(?P<bucket>[a-z0-9][a-z0-9.-]{1,61}[a-z0-9])(?:/(?P<prefix>.*))?")
 
 
@@ -162,7 +299,8 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
     """(bucket, prefix) of an s3://bucket/prefix URI; ValueError naming the URI if it is malformed."""
     match = _S3_URI.fullmatch(uri)
     if not match:
-        raise ValueError(f"{uri!r} is not an S3 URI of the form s3://bucket/prefix (bucket: 3-63 of a-z 0-9 . -)")
+        shown = scrub_urls(uri)  # s3://KEY:SECRET@bucket is not echoed
+        raise ValueError(f"{shown!r} is not an S3 URI of the form s3://bucket/prefix (bucket: 3-63 of a-z 0-9 . -)")
     return match["bucket"], (match["prefix"] or "").strip("/")
 
 
@@ -275,7 +413,7 @@ def open_storage(config: dict) -> Storage:
         root = f"{bucket}/{prefix}".rstrip("/")
         return Storage(filesystem, root, uri.rstrip("/"), config.get("endpoint_url"), config.get("region"))
     if uri and "://" in uri and not uri.startswith("file://"):
-        raise ValueError(f"storage.uri={uri}: expected a local folder or s3://bucket/prefix")
+        raise ValueError(f"storage.uri={scrub_urls(uri)}: expected a local folder or s3://bucket/prefix")
     root = Path(uri.removeprefix("file://")).expanduser() if uri else default_local_root()
     root = root.absolute()
     root.mkdir(parents=True, exist_ok=True)
@@ -300,7 +438,7 @@ def resolver(config: dict) -> Callable[[str], tuple[pafs.FileSystem, str]]:
             bucket, key = parse_s3_uri(location)
             return s3(), f"{bucket}/{key}".rstrip("/")
         if "://" in location and not location.startswith("file://"):
-            raise ValueError(f"{location}: expected a local path or s3://bucket/key")
+            raise ValueError(f"{scrub_urls(location)}: expected a local path or s3://bucket/key")
         return pafs.LocalFileSystem(), str(Path(location.removeprefix("file://")).expanduser().absolute())
 
     return resolve

@@ -29,6 +29,7 @@ from ray.tune.search import BasicVariantGenerator
 from dltrain import capacity, cluster, formatting, lifecycle, plots, search_space, worker
 from dltrain.console import Console
 from dltrain.errors import DltrainError
+from dltrain.redaction import Scrubber
 from dltrain.runs import ENDED, Run, RunStore
 from dltrain.search_space import Dimension
 from dltrain.storage import open_storage
@@ -145,8 +146,8 @@ def _trial(params: dict, job: dict, sweep_id: str, per_worker: dict, console: Ac
         run, resuming = store.create(trial_job, worker.versions(trial_job["framework"]["name"]), run_id), False
     if run.status()["status"] != "COMPLETED":
         if resuming:
-            run.mark_resumed()
-        with lifecycle.recorded(run):
+            run.claim()  # ValueError where another live driver has it
+        with lifecycle.recorded(run, Scrubber(trial_job)):
             trainer = lifecycle.ray_trainer(trial_job, run, per_worker, [TuneReportCallback()], console)
             lifecycle.execute(trial_job, run, trainer)
     tune.report(run.metrics()[-1] | (run.test_metrics() if run.has_final_model() else {}))  # none if stopped
@@ -235,7 +236,7 @@ def run_sweep(job: dict, sweep: Run, resuming: bool) -> dict:
     at_once = min(settings["max_concurrent_trials"], trials)
     started = time.time()
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # Tune's legacy console output, which verbose=0 silences: _Progress reports
-    with lifecycle.recorded(sweep):
+    with lifecycle.recorded(sweep, Scrubber(job)):
         try:
             with cluster.ray_connection(job["ray"]["address"], dashboard=True) as embedded, Console("none") as console:
                 _CONSOLES[sweep.id] = console

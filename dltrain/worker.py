@@ -35,9 +35,10 @@ from dltrain.engine.loop import DistributedLoop
 from dltrain.engine.precision import dtype_policy
 from dltrain.errors import DltrainError
 from dltrain.frameworks import backend, use_keras_backend
-from dltrain.logs import output_to
+from dltrain.logs import output_to, store_logs
 from dltrain.model_weights import local_weights
 from dltrain.progress import ProgressSender
+from dltrain.redaction import Scrubber
 from dltrain.retrying_fs import StorageUnavailable, unavailable_in
 from dltrain.runs import CONFUSION_MATRIX_FILE, MODEL_FILE, TEST_METRICS_FILE, Run
 from dltrain.stage import stage as worker_stage
@@ -151,10 +152,17 @@ class _EpochReport(keras.callbacks.Callback):
     """
 
     def __init__(
-        self, run: Run, stage: Path, rank: int, log_file: Path, publish: Callable[[dict, Path | None, int], None]
+        self,
+        run: Run,
+        stage: Path,
+        rank: int,
+        log_file: Path,
+        publish: Callable[[dict, Path | None, int], None],
+        scrub: Scrubber,
     ):
         super().__init__()
         self.run, self.stage, self.rank, self.log_file, self.publish = run, stage, rank, log_file, publish
+        self.scrub = scrub
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         started = time.perf_counter()
@@ -170,7 +178,7 @@ class _EpochReport(keras.callbacks.Callback):
             self.model.save(folder / MODEL_FILE)
             (folder / _STATE_FILE).write_text(json.dumps({"epochs_done": epoch + 1}))
             self.run.storage.upload(self.stage / "tensorboard", f"{self.run.path}/tensorboard")
-        self.run.storage.upload(self.log_file.parent, f"{self.run.path}/logs")
+        store_logs(self.run.storage, self.log_file.parent, f"{self.run.path}/logs", self.scrub)
         self.publish({key: value for key, value in metrics.items() if key != "checkpoint_seconds"}, folder, epoch + 1)
         if self.rank == 0:
             self.run.record_epoch(metrics | {"checkpoint_seconds": time.perf_counter() - started})
@@ -232,7 +240,7 @@ def _train(job: dict, run: Run, stage: Path, log_file: Path) -> None:
     else:
         callbacks.append(_Interrupt(in_driver.interrupted))
         publish = _PublishInDriver(run, trainer["keep_checkpoints"], in_driver.console, trainer["epochs"])
-    callbacks.append(_EpochReport(run, stage, rank, log_file, publish))
+    callbacks.append(_EpochReport(run, stage, rank, log_file, publish, Scrubber(job)))
     stop = _StopOnRequest(run, rank)
     callbacks.append(stop)
 
@@ -282,16 +290,17 @@ def train_loop_per_worker(job: dict) -> None:
             outage = True
             raise
         finally:
-            _upload_log(run, log_file, outage)
+            _upload_log(run, log_file, outage, Scrubber(job))
 
 
-def _upload_log(run: Run, log_file: Path, after_outage: bool) -> None:
-    """Copy this worker's log into the run folder; after an outage, once, not through another retry window."""
+def _upload_log(run: Run, log_file: Path, after_outage: bool, scrub: Scrubber) -> None:
+    """Copy this worker's log into the run folder, with the run's secrets hidden; after an outage, once, not
+    through another retry window."""
     if not after_outage:
-        run.storage.upload(log_file.parent, f"{run.path}/logs")
+        store_logs(run.storage, log_file.parent, f"{run.path}/logs", scrub)
         return
     with contextlib.suppress(OSError):
-        run.storage.with_retry_seconds(0).upload(log_file.parent, f"{run.path}/logs")
+        store_logs(run.storage.with_retry_seconds(0), log_file.parent, f"{run.path}/logs", scrub)
 
 
 class _StorageOutageEndsRun(ray.train.UserCallback):

@@ -52,6 +52,7 @@ def main() -> None:
     parser.add_argument("--budget-seconds", type=float, default=480, help="skip what would end after this")
     parser.add_argument("--limit", type=int, default=0, help="first N training images; 0: all 60,000")
     parser.add_argument("--ray-worker", default=" ".join(RAY_WORKER), help="overrides of the Ray Train worker runs")
+    parser.add_argument("--stages", default="timed,reference,settings", help="which of the three stages to run")
     parser.add_argument("--output", type=Path, required=True, help="JSON lines: every run, then the summary")
     args = parser.parse_args()
     args.framework, args.batch_size = "jax", 128  # the reference recipe, on JAX
@@ -87,19 +88,22 @@ def main() -> None:
         "dltrain_driver": dltrain(*DRIVER),
         "dltrain_ray_worker": dltrain(*args.ray_worker.split()),
     }
-    for _ in range(args.repetitions):
+    stages = args.stages.split(",")
+    for _ in range(args.repetitions if "timed" in stages else 0):
         for name, runner in runners.items():
             record(name, runner, timed + (20 if "ray" in name else 0))
     reference = argparse.Namespace(**vars(args) | {"epochs": args.reference_epochs})
     for name, runner in (("plain_keras reference", plain()), ("dltrain_driver reference", dltrain(*DRIVER))):
-        record(name, runner, 30 + args.reference_epochs, reference)
+        if "reference" in stages:
+            record(name, runner, 30 + args.reference_epochs, reference)
 
     for setting, plain_arguments, overrides in (
         ("mixed_bfloat16", ("--precision", "mixed_bfloat16"), ("trainer.precision=mixed_bfloat16",)),
         ("steps_per_execution_32", ("--steps-per-execution", "32"), ("trainer.steps_per_execution=32",)),
     ):
-        record(f"plain_keras {setting}", plain(*plain_arguments), timed)
-        record(f"dltrain_driver {setting}", dltrain(*DRIVER, *overrides), timed)
+        if "settings" in stages:
+            record(f"plain_keras {setting}", plain(*plain_arguments), timed)
+            record(f"dltrain_driver {setting}", dltrain(*DRIVER, *overrides), timed)
     summaries = {name: bench_overhead.summarise(runs) for name, runs in results.items()}
     versus = {
         name: bench_overhead.versus(summary, summaries[baseline], STEADY_TARGET)

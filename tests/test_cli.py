@@ -16,6 +16,12 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+import yaml
+from conftest import compose_config
+
+from dltrain.config import resolve
+from dltrain.runs import RunStore
+from dltrain.storage import open_storage
 
 
 def _dltrain(
@@ -81,6 +87,11 @@ def test_a_two_cpu_worker_run_from_relative_paths_writes_its_whole_folder(two_wo
         (["trainer.epochs=0"], "dltrain: error: trainer.epochs=0 is invalid: expected an integer >= 1"),
         (["resources=large", "trainer.batch_size=126"], "dltrain: error: trainer.batch_size=126 is not divisible"),
         (["dataset.path=/nonexistent/folder"], "dltrain: error: dataset: dataset.path=/nonexistent/folder lacks"),
+        (["trainer.seed=-1"], "dltrain: error: trainer.seed=-1 is invalid: expected an integer from 0 to 4294967295"),
+        (
+            ["+trainer.callbacks.x={_target_: os.system, command: id}"],
+            "dltrain: error: trainer.callbacks.x._target_=os.system is not a Keras callback class",
+        ),
     ],
 )
 def test_bad_input_fails_fast_in_one_line_and_leaves_no_run(args, message, tmp_path):
@@ -215,3 +226,21 @@ def test_gpu_profile_on_a_cluster_gives_each_worker_its_own_gpu(logical_gpu_clus
     assert "4 worker(s) x {'CPU': 0.5, 'GPU': 1}" in result.stdout
     devices = [json.loads((dumps / f"worker-{rank}.json").read_text())["cuda_visible_devices"] for rank in range(4)]
     assert sorted(devices) == ["0", "1", "2", "3"]  # one GPU each; TensorFlow fell back to the CPU
+
+
+def test_a_rerun_or_resume_of_an_edited_config_is_checked_before_anything_runs(tmp_path):
+    """A config.yaml edited to call a function that is not a Keras callback (os.system, here) is refused in one line,
+    as on the command line: nothing is called."""
+    job = resolve(compose_config(f"storage.uri={tmp_path}"))
+    run = RunStore(open_storage({"uri": str(tmp_path)})).create(job, {})
+    run.set_status("FAILED", "the machine rebooted")
+    saved = yaml.safe_load((tmp_path / run.id / "config.yaml").read_text())
+    marker = tmp_path / "called"
+    saved["trainer"]["callbacks"] = {"x": {"_target_": "os.system", "command": f"touch {marker}"}}
+    (tmp_path / run.id / "config.yaml").write_text(yaml.safe_dump(saved))
+    for key in ("rerun", "resume"):
+        result = _dltrain(f"{key}={run.id}", f"storage.uri={tmp_path}")
+        assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+        refused = f"dltrain: error: {key}={run.id}: its saved config: trainer.callbacks.x._target_=os.system is not a"
+        assert result.stderr.startswith(f"{refused} Keras callback class")
+    assert not marker.exists() and sorted(path.name for path in tmp_path.iterdir()) == [run.id]

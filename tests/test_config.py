@@ -149,8 +149,38 @@ def test_overrides_reach_the_job():
             ["storage=s3", "storage.uri=s3://b/p", "storage.endpoint_url=minio:9000"],
             "storage.endpoint_url='minio:9000'",
         ),
+        # Values that passed before issue 27: non-finite numbers, seeds beyond 32 bits, shifts past the image,
+        # images of any size, callbacks that are not Keras callbacks, models that are not functions.
+        (["trainer.learning_rate=inf"], "trainer.learning_rate=inf is invalid: expected a number > 0"),
+        (["trainer.learning_rate=nan"], "trainer.learning_rate=nan is invalid: expected a number > 0"),
+        (["storage=s3", "storage.uri=s3://b/p", "storage.retry_seconds=inf"],
+         "storage.retry_seconds=inf is invalid: expected a number >= 0 (seconds)"),
+        (["ray.wait_for_workers_s=inf"], "ray.wait_for_workers_s=inf is invalid: expected a number > 0 (seconds)"),
+        (["trainer.seed=-1"], "trainer.seed=-1 is invalid: expected an integer from 0 to 4294967295 (2**32 - 1)"),
+        (["trainer.seed=4294967296"], "trainer.seed=4294967296 is invalid: expected an integer from 0 to 4294967295"),
+        (["sweep=grid", "sweep.search.seed=-5"], "sweep.search.seed=-5 is invalid: expected null or an integer from 0"),
+        (["dataset.shift=28"], "dataset.shift=28 is invalid: expected an integer from 0 to 27 (pixels: the images are "
+                               "28x28)"),
+        (["dataset=image_folder", "dataset.path=/x", "dataset.image_size=32", "dataset.shift=40"],
+         "dataset.shift=40 is invalid: expected an integer from 0 to 31 (pixels: the images are 32x32)"),
+        (["dataset=image_folder", "dataset.path=/x", "dataset.image_size=100000"],
+         "dataset.image_size=100000 is invalid: expected an integer from 8 to 1024 (pixels)"),
+        (["+trainer.callbacks.x={_target_: keras.callbacks.NoSuchCallback}"],
+         "trainer.callbacks.x._target_=keras.callbacks.NoSuchCallback: cannot import it"),
+        (["+trainer.callbacks.x={_target_: no_such_module.Callback}"],
+         "trainer.callbacks.x._target_=no_such_module.Callback: cannot import it"),
+        (["+trainer.callbacks.x={_target_: os.system, command: id}"],
+         "trainer.callbacks.x._target_=os.system is not a Keras callback class (a subclass of keras.callbacks.Callb"),
+        (["+trainer.callbacks.x={_target_: keras.optimizers.Adam}"],
+         "trainer.callbacks.x._target_=keras.optimizers.Adam is not a Keras callback class"),
+        (["+trainer.callbacks.x={_target_: keras.callbacks.EarlyStopping, monitor: {_target_: os.getcwd}}"],
+         "trainer.callbacks.x.monitor: a callback's arguments are values, not objects to build"),
+        (["+trainer.callbacks.x={_target_: keras.callbacks.EarlyStopping, _partial_: true}"],
+         "trainer.callbacks.x._partial_: a callback's arguments are values"),
+        (["model._target_=os.path"], "model._target_=os.path is not a function with a signature: name a function"),
+        (["model._target_=math.pi"], "model._target_=math.pi is not a function with a signature"),
     ],
-)
+)  # fmt: skip
 def test_bad_values_name_the_key_and_what_is_allowed(overrides, message):
     with pytest.raises(DltrainError) as raised:
         resolve(compose_config(*overrides))

@@ -5,6 +5,7 @@ each worker, and trained on 2 Ray Train workers with a keras.applications backbo
 import csv
 import hashlib
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -147,6 +148,66 @@ def test_each_worker_streams_its_own_rows_of_every_split(sources, tmp_path):
     assert sorted(np.concatenate(labels)) == sorted(plan.row_class[plan.rows("test")])
 
 
+def test_links_out_of_an_image_folder_or_to_folders_are_not_followed(sources, tmp_path):
+    folder, elsewhere = tmp_path / "pets", tmp_path / "elsewhere"
+    trousers = sorted((sources.folder / "Trouser").glob("*.png"))
+    for path in (folder / "cat", folder / "dog", elsewhere):
+        path.mkdir(parents=True)
+    shutil.copy(trousers[0], folder / "cat" / "a.png")
+    shutil.copy(trousers[1], folder / "dog" / "b.png")
+    for number, image in enumerate(trousers[2:12]):
+        shutil.copy(image, elsewhere / f"{number}.png")
+    (folder / "cat" / "loop").symlink_to(folder)  # cat/loop/cat/loop/...: a loop
+    (folder / "dog" / "up").symlink_to("..")  # the same, relative
+    (folder / "fox").symlink_to(elsewhere, target_is_directory=True)  # a class folder out of the folder
+    (folder / "dog" / "stolen.png").symlink_to(elsewhere / "0.png")  # a file out of the folder
+    (folder / "dog" / "twin.png").symlink_to(folder / "cat" / "a.png")  # a file in it: taken
+    table = shards.scan_folder(resolver({}), str(folder))
+    assert table.column("path").to_pylist() == [f"{folder}/{name}" for name in ("cat/a.png", "dog/b.png",
+                                                                                "dog/twin.png")]  # fmt: skip
+    prepared = subprocess.run([DLTRAIN, "data", "prepare", str(folder), str(tmp_path / "shards")], capture_output=True,
+                              text=True, timeout=120)  # fmt: skip
+    assert prepared.returncode == 0 and prepared.stdout.startswith(f"prepared 3 images of {folder} "), prepared.stderr
+    # Training's own preparation reads the same three (and its key of the folder does not walk the loop).
+    data = describe(_dataset(path=str(folder), min_per_class=1), _local(tmp_path), seed=1)
+    assert sum(data.sizes.values()) == 3 and data.class_names == ("cat", "dog")
+
+
+def test_a_manifest_reads_only_its_own_folder_unless_allowed_to_leave_it(sources, tmp_path):
+    museum = tmp_path / "museum"
+    (museum / "objects").mkdir(parents=True)
+    images = sorted((sources.folder / "Trouser").glob("*.png"))[:3]
+    for name, image in zip(("a.png", "b.png"), images, strict=False):
+        shutil.copy(image, museum / "objects" / name)
+    shutil.copy(images[2], tmp_path / "secret.png")
+    (museum / "objects" / "link.png").symlink_to(tmp_path / "secret.png")
+    resolve = resolver({})
+    for outside in ("../secret.png", str(tmp_path / "secret.png"), "objects/../../secret.png", "objects/link.png",
+                    "s3://another-bucket/secret.png"):  # fmt: skip
+        manifest = museum / "objects.csv"
+        with manifest.open("w", newline="") as file:
+            csv.writer(file).writerows([["path", "kind"], ["objects/a.png", "x"], ["objects/b.png", "y"],
+                                        [outside, "x"]])  # fmt: skip
+        with pytest.raises(ValueError) as refused:
+            shards.read_manifest(resolve, str(manifest))
+        assert str(refused.value) == (
+            f"manifest {manifest}: 1 path(s) lead outside its folder, e.g. {outside!r}: refused unless "
+            "dataset.allow_outside_paths=true (dltrain data prepare --allow-outside-paths)"
+        )
+        with pytest.raises(ValueError, match="lead outside its folder"):
+            describe(_dataset(manifest=str(manifest), label="kind"), _local(tmp_path), seed=1)
+        allowed = shards.read_manifest(resolve, str(manifest), allow_outside=True)
+        assert allowed.num_rows == 3
+    command = [DLTRAIN, "data", "prepare", str(museum / "objects.csv"), str(tmp_path / "shards")]
+    manifest.write_text(f"path,kind\nobjects/a.png,x\nobjects/b.png,y\n{tmp_path / 'secret.png'},x\n")
+    refused = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "--allow-outside-paths" in refused.stderr
+    opted_in = subprocess.run([*command, "--allow-outside-paths"], capture_output=True, text=True, timeout=120)
+    assert opted_in.returncode == 0 and opted_in.stdout.startswith("prepared 3 images"), opted_in.stderr
+    data = describe(_dataset(manifest=str(manifest), label="kind", allow_outside_paths=True), _local(tmp_path), seed=1)
+    assert sum(data.sizes.values()) == 3
+
+
 @pytest.fixture(scope="module")
 def s3_data(sources, s3_session_server):
     """The sources uploaded to a bucket of the session's S3 server, and `dltrain data prepare`'s run on them."""
@@ -183,6 +244,18 @@ def test_data_prepare_writes_shards_to_s3_from_an_s3_manifest(s3_data, sources, 
                server.endpoint_url]  # fmt: skip
     again = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert again.returncode == 2 and "already holds a prepared data set: give a new folder" in again.stderr
+
+
+def test_an_s3_manifest_is_refused_paths_into_other_folders_and_buckets(s3_data, monkeypatch):
+    bucket, server, _, _ = s3_data
+    for name, value in server.env().items():
+        monkeypatch.setenv(name, value)
+    resolve = resolver({"endpoint_url": server.endpoint_url})
+    for outside in ("../../../other-bucket/x.png", f"s3://{bucket}/private/x.png", "/etc/passwd"):
+        body = f"path,kind\nobjects/object-00001.png,x\n{outside},y\n".encode()
+        server.client().put_object(Bucket=bucket, Key="in/museum/leaky.csv", Body=body)
+        with pytest.raises(ValueError, match=f"1 path\\(s\\) lead outside its folder, e.g. '{outside}'"):
+            shards.read_manifest(resolve, f"s3://{bucket}/in/museum/leaky.csv")
 
 
 def test_a_class_folder_on_s3_is_prepared_into_the_s3_storage(s3_data, sources, monkeypatch):

@@ -188,3 +188,63 @@ def test_concurrent_registrations_and_the_commands_on_s3(completed_run, s3_sessi
     left = [key for key in keys if key.startswith("runs/models/racing/4/") and not key.endswith("/")]  # no markers
     assert left == ["runs/models/racing/4/version.json"]
     assert any(key == "runs/models/racing/3/model/model.keras" for key in keys)
+
+
+@pytest.mark.slow
+def test_links_planted_in_a_run_folder_are_never_copied(storage, tmp_path):
+    """A symbolic link in a run folder may point anywhere: register, runs download and models download copy no
+    link, nor what it points at (locally; S3 has no links)."""
+    (run_id,) = [path.name for path in storage.iterdir()]
+    run = storage / run_id
+    secret = tmp_path / "secret"
+    (secret / "keys").mkdir(parents=True)
+    (secret / "keys" / "id_rsa").write_text("PRIVATE KEY")
+    (secret / "notes.txt").write_text("PRIVATE NOTES")
+    (run / "model" / "notes.txt").symlink_to(secret / "notes.txt")  # a file out of the storage
+    (run / "model" / "keys").symlink_to(secret / "keys", target_is_directory=True)  # a folder out of it
+    (run / "provenance.json").rename(run / "provenance.kept")
+    (run / "provenance.json").symlink_to(secret / "notes.txt")  # one of the files a version copies
+    (run / "logs" / "all").symlink_to(storage, target_is_directory=True)  # a loop through the storage
+    options = ["--storage", str(storage)]
+    registered = _dltrain("models", "register", run_id, "--name", "linked", *options)
+    assert registered.returncode == 0, registered.stderr
+    version = storage / "models" / "linked" / "1"
+    copied = {str(path.relative_to(version)) for path in version.rglob("*") if path.is_file()}
+    assert copied == {"version.json", "config.yaml", "metrics.parquet", "summary.json", "model/model.keras",
+                      "model/test_metrics.json", "model/confusion_matrix.json"}  # fmt: skip
+    assert not any(path.is_symlink() for path in version.rglob("*"))
+    for args, destination in [(("runs", "download", run_id), tmp_path / "run"),
+                              (("runs", "download", run_id, "--model-only"), tmp_path / "model"),
+                              (("models", "download", "linked:1"), tmp_path / "version")]:  # fmt: skip
+        downloaded = _dltrain(*args[:3], str(destination), *args[3:], *options)
+        assert downloaded.returncode == 0, downloaded.stderr
+        files = [path for path in destination.rglob("*") if path.is_file()]
+        assert files and not any(path.is_symlink() for path in destination.rglob("*"))
+        assert not any(b"PRIVATE" in path.read_bytes() for path in files), args
+        assert not (destination / "logs" / "all").exists() and not (destination / "provenance.json").exists()
+
+
+def test_models_list_shows_folders_that_do_not_read_as_models_as_unreadable_and_lists_the_rest(tmp_path):
+    storage = open_storage({"uri": str(tmp_path)})
+    run = RunStore(storage).create({}, {})
+    for name, content in (("model.keras", b"a model"), ("test_metrics.json", b'{"test_accuracy": 0.5}')):
+        storage.write_bytes(f"{run.path}/model/{name}", content)
+    run.set_status("COMPLETED")
+    registry = Registry(storage)
+    registry.register(run, "good", {}, alias="production")
+    registry.register(run, "broken", {})
+    (tmp_path / "models" / "broken" / "1" / "version.json").write_text('{"status": "REA')
+    (tmp_path / "models" / "notes").mkdir()  # a stray folder with a model's name and no version
+    (tmp_path / "models" / "tmp stuff").mkdir()  # and one without
+    listed = _dltrain("models", "list", "--storage", str(tmp_path))
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    assert lines[1].split()[:3] == ["good", "1", "1"] and len(lines) == 5
+    assert lines[2].startswith(f"{tmp_path}/models/broken: unreadable (")
+    assert lines[3] == f"{tmp_path}/models/notes: unreadable (no model 'notes' in {tmp_path}/models)"
+    assert lines[4].startswith(f"{tmp_path}/models/tmp stuff: unreadable ('tmp stuff' is not a model name")
+    items = json.loads(_dltrain("models", "list", "--json", "--storage", str(tmp_path)).stdout)
+    assert [(item["name"], "unreadable" in item) for item in items] == [
+        ("good", False), ("broken", True), ("notes", True), ("tmp stuff", True)
+    ]  # fmt: skip
+    assert items[0]["aliases"] == {"production": 1} and items[1]["versions"] is None

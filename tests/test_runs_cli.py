@@ -22,6 +22,8 @@ from s3server import create_bucket
 
 from dltrain.cli import main as cli
 from dltrain.data import fashion_mnist
+from dltrain.runs import RunStore
+from dltrain.storage import open_storage
 
 DLTRAIN = str(Path(sys.executable).parent / "dltrain")  # the console script, as installed
 LIST_KEYS = {
@@ -129,6 +131,10 @@ def test_runs_show_gives_status_config_changes_epochs_summary_and_files(storage)
         (["runs", "list", "--sweep", "../x"], "--sweep: '../x' is not a run id"),
         (["runs", "list", "--storage", "ftp://host/runs"], "storage: storage.uri=ftp://host/runs: expected a local"),
         (["runs", "frobnicate"], "invalid choice: 'frobnicate'"),
+        (["runs", "show", "a" * 300], "'aaaaaaaaaaaaaaaaaaaaaaaa'... (300 characters) is not a run id: at most 128"),
+        (["runs", "delete", "b" * 5000, "--yes"], "(5,000 characters) is not a run id: at most 128"),
+        (["data", "prepare", "in", "out", "--shard-mb", "nan"], "argument --shard-mb: 'nan' is not a finite number"),
+        (["data", "prepare", "in", "out", "--shard-mb", "inf"], "argument --shard-mb: 'inf' is not a finite number"),
     ],
 )
 def test_bad_input_exits_2_in_one_line(args, message, tmp_path):
@@ -413,3 +419,34 @@ def test_rerun_repeats_a_deterministic_run_exactly_and_records_its_provenance(co
     checkout = Path(__file__).parent
     head = subprocess.run(["git", "-C", str(checkout), "rev-parse", "HEAD"], capture_output=True, text=True)
     assert provenance["git"] == (first["git"] and {"commit": head.stdout.strip(), "dirty": first["git"]["dirty"]})
+
+
+def test_runs_list_shows_runs_whose_files_do_not_read_as_unreadable_and_lists_the_rest(tmp_path):
+    store = RunStore(open_storage({"uri": str(tmp_path)}))
+    runs = {name: store.create({"model": {"_target_": "dltrain.models.cnn.build_cnn"}, "trainer": {"epochs": 3}},
+                               {}, f"20261201-00000{number}-{name}") for number, name in enumerate(
+                                   ("good", "status", "config", "shape", "metric"))}  # fmt: skip
+    runs["good"].set_status("COMPLETED")
+    (tmp_path / runs["status"].id / "status.json").write_text('{"status": "RUNN')  # cut short
+    (tmp_path / runs["config"].id / "config.yaml").write_text("model: [unclosed\n")
+    (tmp_path / runs["shape"].id / "status.json").write_text("[1, 2]")
+    (tmp_path / runs["metric"].id / "metrics.parquet").write_bytes(b"PAR1 not parquet at all")
+    (tmp_path / "stray" / "notes").mkdir(parents=True)  # a folder without status.json: not a run
+    listed = _dltrain("runs", "list", "--storage", str(tmp_path))
+    assert listed.returncode == 0, listed.stderr
+    rows = {line.split()[0]: line.split()[3] for line in listed.stdout.splitlines()[1:]}
+    assert rows == {runs["good"].id: "COMPLETED"} | {runs[name].id: "UNREADABLE" for name in
+                                                     ("status", "config", "shape", "metric")}  # fmt: skip
+    items = {item["id"]: item for item in json.loads(_dltrain("runs", "list", "--json", "--storage",
+                                                              str(tmp_path)).stdout)}  # fmt: skip
+    assert all(set(item) == LIST_KEYS for item in items.values())
+    assert items[runs["status"].id]["error"].startswith(f"run {runs['status'].id}: status.json does not read (")
+    assert items[runs["config"].id]["error"].startswith(f"run {runs['config'].id}: config.yaml does not read (")
+    assert items[runs["shape"].id]["error"] == f"run {runs['shape'].id}: status.json holds a list, not a dict"
+    assert items[runs["metric"].id]["error"].startswith(f"run {runs['metric'].id}: metrics.parquet does not read (")
+    only = _dltrain("runs", "list", "--json", "--status", "UNREADABLE", "--storage", str(tmp_path))
+    assert len(json.loads(only.stdout)) == 4
+    shown = _dltrain("runs", "show", runs["status"].id, "--storage", str(tmp_path))
+    assert shown.returncode == 2 and shown.stderr.count("\n") == 1
+    assert f"run {runs['status'].id}: status.json does not read" in shown.stderr
+    assert _dltrain("runs", "list", "--limit", str(10**30), "--storage", str(tmp_path)).returncode == 0

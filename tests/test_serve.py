@@ -8,12 +8,14 @@ import os
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
 import urllib.error
 import urllib.request
 import uuid
+import zlib
 from pathlib import Path
 
 import keras
@@ -186,6 +188,24 @@ def test_open_inference_protocol_v2_and_seldon_v1_match_the_offline_model(served
         ("/v2/models/fashion/infer", b"{not json", "application/json", 400, "the body is not JSON"),
         ("/v2/models/other/infer", {"inputs": []}, "application/json", 404, "no model 'other' here"),
         ("/api/v1.0/predictions", {"data": {"tensor": []}}, "application/json", 400, '{"data": {"ndarray": [...]}}'),
+        # Hostile or broken clients: deep JSON, numbers beyond float32 or any float, FastAPI's own validation of a
+        # parameter, malformed multipart bodies, formats other than PNG, JPEG, BMP and GIF, a decompression bomb.
+        ("/v2/models/fashion/infer", b"[" * 100_000 + b"]" * 100_000, "application/json", 400,
+         "the body's JSON is nested too deeply"),
+        ("/v2/models/fashion/infer", {"inputs": [{"shape": [1, 28, 28, 1], "datatype": "FP32", "data": [1e39] * 784}]},
+         "application/json", 400, "FP32 data must fit in 32 bits"),
+        ("/v2/models/fashion/infer", b'{"inputs": [{"shape": [1, 28, 28, 1], "datatype": "UINT8", "data": [1' +
+         b"0" * 400 + b"]}]}", "application/json", 400, "the tensor's data must be numbers"),
+        ("/api/v1.0/predictions", {"data": {"ndarray": json.loads("[" * 100 + "1" + "]" * 100)}},
+         "application/json", 400, "the tensor's data must be numbers"),
+        ("/v1/predict?top_k=three", [("a.png", b"x")], None, 422, "query top_k: Input should be a valid integer"),
+        ("/v1/predict", b"--x\r\nnot a part", "multipart/form-data", 400, "Missing boundary in multipart"),
+        ("/v1/predict", b"--b\r\nContent-Disposition: form-data\r\n\r\nx\r\n--b--\r\n",
+         "multipart/form-data; boundary=b", 400, 'The Content-Disposition header field "name" must be provided'),
+        ("/v1/predict", [("page.eps", b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 28 28\nshowpage\n")], None, 400,
+         "page.eps: not a readable image (not a PNG, JPEG, BMP or GIF)"),
+        ("/v1/predict", "tiff", None, 400, "item.tiff: not a readable image (not a PNG, JPEG, BMP or GIF)"),
+        ("/v1/predict", "bomb", None, 400, "bomb.png: 12000x12000 pixels, more than 50,000,000"),
     ],
 )  # fmt: skip
 def test_bad_requests_get_a_4xx_and_one_line_and_the_server_stays_up(
@@ -194,15 +214,104 @@ def test_bad_requests_get_a_4xx_and_one_line_and_the_server_stays_up(
     url, _, _ = served
     if body == "truncated":
         body = [("truncated.png", _encoded(test_images[0][0], "PNG")[:60])]
+    if body == "tiff":
+        body = [("item.tiff", _encoded(test_images[0][0], "TIFF"))]
+    if body == "bomb":
+        body = [("bomb.png", _blank_png(12_000, 12_000))]  # 144 M pixels in 140 KB
     if isinstance(body, list):
         data, headers = _multipart(body)
     else:
         data = json.dumps(body).encode() if isinstance(body, dict) else body
         headers = {"Content-Type": content_type}
-    got, answer = _request(url + path, data, headers)
+    if len(data) > 16 * 2**20:  # the server answers before the body's end: sent until it does
+        head = f"POST {path} HTTP/1.1\r\nContent-Type: {content_type}\r\nContent-Length: {len(data)}\r\n"
+        got, answer = _send_raw(url, head, [data[start : start + 2**20] for start in range(0, len(data), 2**20)])
+    else:
+        got, answer = _request(url + path, data, headers)
     assert (got, list(answer)) == (status, ["error"]), answer
     assert message in answer["error"] and "\n" not in answer["error"]
     assert _request(f"{url}/v2/health/ready", key=None) == (200, {"ready": True})
+
+
+def _blank_png(width: int, height: int) -> bytes:
+    """A black grayscale PNG, written row by row: small on disk whatever its size in pixels."""
+    compressor, rows = zlib.compressobj(9), []
+    row = b"\0" * (width + 1)  # filter byte, then the pixels
+    rows = [compressor.compress(row) for _ in range(height)] + [compressor.flush()]
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", b"".join(rows)) + chunk(b"IEND", b"")
+
+
+def test_only_the_api_answers_every_other_path_gets_a_json_404_or_405(served):
+    url, _, _ = served
+    for path in ("/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect", "/nope"):
+        assert _request(url + path) == (404, {"error": "Not Found"}), path
+    assert _request(f"{url}/v1/predict") == (405, {"error": "Method Not Allowed"})
+
+
+def test_a_request_for_another_host_name_is_refused_as_dns_rebinding(served):
+    url, _, _ = served
+    port = url.rsplit(":", 1)[1]
+    for host in (f"rebound.example:{port}", "rebound.example", f"127.0.0.1.rebound.example:{port}"):
+        status, answer = _request(f"{url}/v2/health/ready", headers={"Host": host}, key=None)
+        assert status == 400 and answer["error"].startswith(f"Host {host!r} is not this server's: it answers "), host
+    for host in (f"localhost:{port}", f"[::1]:{port}", f"127.0.0.1:{port}", "localhost"):
+        assert _request(f"{url}/v2/health/ready", headers={"Host": host}, key=None) == (200, {"ready": True}), host
+
+
+def _send_raw(url: str, head: str, pieces: list[bytes]) -> tuple[int, dict]:
+    """(status, JSON answer) of a request sent as `head` (its request line and headers) and body `pieces`, sent
+    until the server answers and closes (as a server that cuts a body off does), whatever is left unsent."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=60) as connection:
+        connection.sendall(head.encode() + f"Host: {host}:{port}\r\nAuthorization: Bearer {KEY}\r\n\r\n".encode())
+        for piece in pieces:
+            try:
+                connection.sendall(piece)
+            except OSError:  # the server answered and closed: its answer is in the socket's buffer
+                break
+        answer = b""
+        while not answer.endswith(b"}") and (data := connection.recv(65536)):
+            answer += data
+    status_line, _, rest = answer.partition(b"\r\n")
+    return int(status_line.split()[1]), json.loads(rest.split(b"\r\n\r\n", 1)[1])
+
+
+def test_bodies_over_the_limit_are_cut_off_not_read_to_their_end(served):
+    url, _, _ = served
+    megabyte = b"x" * 2**20
+    # A GiB announced and 1 MiB of it sent; 17 MiB sent in chunks, without the last chunk: if the server read either
+    # to its end, it would wait for the rest forever.
+    declared = "POST /v1/predict HTTP/1.1\r\nContent-Type: application/octet-stream\r\nContent-Length: 1073741824\r\n"
+    assert _send_raw(url, declared, [megabyte]) == (
+        413, {"error": "the request body is 1,073,741,824 bytes; at most 16,777,216"}
+    )  # fmt: skip
+    chunked = "POST /v1/predict HTTP/1.1\r\nContent-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\n"
+    assert _send_raw(url, chunked, [b"100000\r\n" + megabyte + b"\r\n"] * 17) == (
+        413, {"error": "the request body is over 16,777,216 bytes; at most 16,777,216"}
+    )  # fmt: skip
+    assert _request(f"{url}/v2/health/ready", key=None) == (200, {"ready": True})
+
+
+def test_images_are_decoded_off_the_event_loop(served):
+    """While a request's large images decode, the replica answers health checks."""
+    url, _, _ = served
+    heavy = _blank_png(7_000, 7_000)  # 49 M pixels, under the limit: decoded and resized, a second or so each
+    answered = []
+    body, headers = _multipart([(f"large-{index}.png", heavy) for index in range(6)])
+    predicting = threading.Thread(target=lambda: answered.append(("predict", _request(f"{url}/v1/predict", body,
+                                                                                     headers)[0])))  # fmt: skip
+    predicting.start()
+    try:
+        while predicting.is_alive() and len(answered) < 3:
+            answered.append(("health", _request(f"{url}/v2/health/ready", key=None)[0]))
+    finally:
+        predicting.join(timeout=300)
+    assert answered[:3] == [("health", 200)] * 3 and ("predict", 200) in answered, answered
 
 
 def test_a_missing_or_wrong_api_key_gets_401(served, test_images):
@@ -245,6 +354,8 @@ def test_predict_prints_the_offline_top_3_from_a_model_in_s3(served, test_images
         (["x", "--api-key-env", "DLTRAIN_UNSET_KEY"], {}, "--api-key-env DLTRAIN_UNSET_KEY: that environment variable"),
         (["x", "--replicas", "0"], {}, "--replicas 0: expected at least 1"),
         (["x", "--port", "70000"], {}, "--port 70000: expected 1 to 65535"),
+        (["x", "--host", "0.0.0.0"], {}, "--host 0.0.0.0 without --api-key-env: anyone who reaches this machine"),
+        (["x", "--host", "myhost.example"], {}, "--host myhost.example without --api-key-env"),
     ],
 )
 def test_serve_refuses_bad_input_in_one_line_before_starting_ray(args, environment, message, tmp_path):

@@ -6,6 +6,7 @@ import sys
 
 from dltrain.cli import data, models, predict, rerun, runs, serve, train
 from dltrain.errors import DltrainError
+from dltrain.redaction import scrub_urls
 
 COMMANDS = (train, rerun, runs, models, data, serve, predict)
 
@@ -37,7 +38,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         args.handler(args)
     except DltrainError as error:
-        print(f"dltrain: error: {error}", file=sys.stderr)
+        print(f"dltrain: error: {scrub_urls(str(error))}", file=sys.stderr)  # s3://KEY:SECRET@... never printed
         sys.exit(2)
     except BrokenPipeError:  # `dltrain runs list | head`: the reader has what it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes

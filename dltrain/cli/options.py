@@ -3,6 +3,7 @@
 
 import argparse
 import contextlib
+import math
 import os
 from collections.abc import Callable, Iterator
 
@@ -23,6 +24,17 @@ def add_storage_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--endpoint-url", metavar="URL", help="an S3-compatible server's http(s)://host:port")
     group.add_argument("--region", help="the S3 region (default: $AWS_REGION, else us-east-1)")
+
+
+def finite_number(text: str) -> float:
+    """An argparse type: a finite number (inf and nan are refused in argparse's one line)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
 
 
 def run_store(args: argparse.Namespace) -> RunStore:

@@ -19,7 +19,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     """Add `predict`."""
     command = commands.add_parser("predict", help="classify image files with a model", description=__doc__)
     command.add_argument("reference", metavar="MODEL", help="a run id, NAME:N or NAME@alias")
-    command.add_argument("images", metavar="IMAGE", nargs="+", type=Path, help="image files (PNG, JPEG, ...)")
+    command.add_argument("images", metavar="IMAGE", nargs="+", type=Path, help="image files (PNG, JPEG, BMP or GIF)")
     command.add_argument("--top-k", type=int, default=3, help="classes per image (default: 3)")
     add_storage_options(command)
     command.set_defaults(handler=run)

@@ -111,7 +111,7 @@ def plan(filesystem: pafs.FileSystem, folder: str, index: dict, dataset: dict, s
 def decode(data: bytes, image_size: int, channels: int) -> np.ndarray:
     """An encoded image as uint8 pixels (HWC) with `channels` (1: grayscale, 3: RGB), resized to `image_size`
     square (bilinear) where it is not that size already; the first frame of an animation."""
-    with Image.open(io.BytesIO(data)) as image:
+    with Image.open(io.BytesIO(data), formats=shards.FORMATS) as image:
         image = image.convert("L" if channels == 1 else "RGB")
         if image.size != (image_size, image_size):
             image = image.resize((image_size, image_size), Image.Resampling.BILINEAR)
@@ -207,8 +207,8 @@ def _fingerprint(resolve: shards.Resolver, source: str) -> str:
         with filesystem.open_input_stream(path) as stream:
             digest.update(stream.read())
         folder = path.rsplit("/", 1)[0]
-    for entry in sorted(filesystem.get_file_info(pafs.FileSelector(folder, recursive=True)), key=lambda e: e.path):
-        digest.update(f"{entry.path}\0{entry.size}\0{entry.mtime_ns}\n".encode())
+    for path, size, mtime_ns in shards.list_tree(filesystem, folder):
+        digest.update(f"{path}\0{size}\0{mtime_ns}\n".encode())
     return digest.hexdigest()[:24]
 
 
@@ -228,8 +228,10 @@ def _shards_of(dataset: dict, storage: dict, resolve: shards.Resolver) -> tuple[
         index = shards.read_index(*resolve(location))
         notes = []
         if index is None:
-            read = shards.read_manifest if dataset["manifest"] else shards.scan_folder
-            table = read(resolve, source)
+            if dataset["manifest"]:
+                table = shards.read_manifest(resolve, source, dataset["allow_outside_paths"])
+            else:
+                table = shards.scan_folder(resolve, source)
             shards.prepare(resolve, table, location, SHARD_BYTES)
             index = shards.read_index(*resolve(location))
             notes.append(f"prepared {index['images']:,} images of {source} as Parquet shards in {location}")

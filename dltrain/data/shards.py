@@ -12,6 +12,7 @@ import csv
 import hashlib
 import io
 import json
+import os
 import posixpath
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from PIL import Image, UnidentifiedImageError
 INDEX_FILE = "shards.json"
 FORMAT = "dltrain-image-shards/1"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")  # the formats training decodes
-_FORMATS = {"PNG", "JPEG", "BMP", "GIF"}  # the same, as Pillow names them
+FORMATS = ("PNG", "JPEG", "BMP", "GIF")  # the same, as Pillow names them
 RESERVED = ("image",)  # columns dltrain writes itself; `path` must be in a manifest
 READ_THREADS = 16  # images are read concurrently: one S3 request each, which mostly waits on the network
 REPORTED_EXAMPLES = 5  # skipped images named in the report, of however many
@@ -49,15 +50,39 @@ def _join(folder: str, name: str) -> str:
     return f"{folder.rstrip('/')}/{name}"
 
 
+def _within(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip("/") + "/")
+
+
+def list_tree(filesystem: pafs.FileSystem, root: str) -> list[tuple[str, int, int]]:
+    """(path, size, mtime_ns) of every file below the folder `root`, sorted. A local folder's symbolic links are
+    taken only to files inside it: never out of it, and never to a folder (a loop, or the same images twice)."""
+    if not isinstance(filesystem, pafs.LocalFileSystem):
+        selector = pafs.FileSelector(root, recursive=True)
+        entries = filesystem.get_file_info(selector)
+        return sorted((e.path, e.size, e.mtime_ns) for e in entries if e.type == pafs.FileType.File)
+    inside, files = os.path.realpath(root), []
+    for folder, _, names in os.walk(root):  # never into a linked folder
+        for name in names:
+            path = os.path.join(folder, name)
+            if os.path.islink(path) and not _within(os.path.realpath(path), inside):
+                continue
+            if os.path.isfile(path):
+                status = os.stat(path)
+                files.append((path, status.st_size, status.st_mtime_ns))
+    return sorted(files)
+
+
 def scan_folder(resolve: Resolver, folder: str) -> pa.Table:
-    """`path` and `class` of every image file in the subfolders of `folder` (CLASS/NAME.png, ...), sorted."""
+    """`path` and `class` of every image file in the subfolders of `folder` (CLASS/NAME.png, ...), sorted; locally
+    through no symbolic link out of the folder or to a folder (list_tree)."""
     filesystem, root = resolve(folder)
     if filesystem.get_file_info(root).type != pafs.FileType.Directory:
         raise FileNotFoundError(f"{folder} is not a folder")
     rows = []
-    for entry in filesystem.get_file_info(pafs.FileSelector(root, recursive=True)):
-        relative = entry.path.removeprefix(root.rstrip("/") + "/")
-        if entry.type == pafs.FileType.File and relative.lower().endswith(IMAGE_SUFFIXES) and "/" in relative:
+    for path, _, _ in list_tree(filesystem, root):
+        relative = path.removeprefix(root.rstrip("/") + "/")
+        if relative.lower().endswith(IMAGE_SUFFIXES) and "/" in relative:
             rows.append((_join(folder, relative), relative.split("/", 1)[0]))
     if not rows:
         raise ValueError(f"{folder} holds no CLASS/*{'|*'.join(IMAGE_SUFFIXES)} image files")
@@ -65,9 +90,10 @@ def scan_folder(resolve: Resolver, folder: str) -> pa.Table:
     return pa.table({"path": [path for path, _ in rows], "class": [label for _, label in rows]})
 
 
-def read_manifest(resolve: Resolver, manifest: str) -> pa.Table:
-    """A CSV or Parquet manifest, every column as strings, its `path` column made absolute: a relative path is
-    relative to the manifest's folder; an absolute one or an s3:// URI stays as it is."""
+def read_manifest(resolve: Resolver, manifest: str, allow_outside: bool = False) -> pa.Table:
+    """A CSV or Parquet manifest, every column as strings, its `path` column made absolute: a path is relative to
+    the manifest's folder. Paths that lead outside that folder (`../`, absolute paths, s3:// URIs, links to files
+    elsewhere) are refused with ValueError, unless `allow_outside`."""
     if not manifest.lower().endswith((".csv", ".parquet")):
         raise ValueError(f"manifest {manifest}: expected a .csv or .parquet file")
     filesystem, path = resolve(manifest)
@@ -87,10 +113,26 @@ def read_manifest(resolve: Resolver, manifest: str) -> pa.Table:
         raise ValueError(f"manifest {manifest}: column {reserved[0]!r} is reserved for the image bytes; rename it")
     scheme, _, folder = posixpath.dirname(manifest).rpartition("://")
     prefix = f"{scheme}://" if scheme else ""
+    folder = folder if scheme else os.path.abspath(folder or ".")
+    given = table.column("path").to_pylist()
     paths = [
         path if path is None or path.startswith(("s3://", "/")) else prefix + posixpath.normpath(_join(folder, path))
-        for path in table.column("path").to_pylist()
+        for path in given
     ]
+    local = isinstance(filesystem, pafs.LocalFileSystem)
+
+    def leaves(path: str) -> bool:
+        """Whether `path` is outside the manifest's folder, or (locally) a link to a file outside it."""
+        if not path.startswith(prefix) or not _within(posixpath.normpath(path.removeprefix(prefix)), folder):
+            return True
+        return local and not _within(os.path.realpath(path), os.path.realpath(folder))
+
+    outside = [original for original, path in zip(given, paths, strict=True) if path is not None and leaves(path)]
+    if outside and not allow_outside:
+        raise ValueError(
+            f"manifest {manifest}: {len(outside)} path(s) lead outside its folder, e.g. {outside[0]!r}: refused "
+            "unless dataset.allow_outside_paths=true (dltrain data prepare --allow-outside-paths)"
+        )
     return table.set_column(table.column_names.index("path"), "path", pa.array(paths, pa.string()))
 
 
@@ -102,9 +144,7 @@ def _read_image(resolve: Resolver, location: str | None) -> bytes | None:
         filesystem, path = resolve(location)
         with filesystem.open_input_stream(path) as stream:
             data = stream.read()
-        with Image.open(io.BytesIO(data)) as image:
-            if image.format not in _FORMATS:
-                return None
+        with Image.open(io.BytesIO(data), formats=FORMATS) as image:  # no other reader is tried (EPS: Ghostscript)
             image.load()  # decodes every pixel: a truncated or corrupt file fails here
         return data
     except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError):

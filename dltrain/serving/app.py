@@ -8,18 +8,25 @@
 - `GET /metadata`: the model, its run and version, class names, input shape and preprocessing;
 - `GET /`: a page to try the model in a browser (page.html: uploads, their top 3, a gallery and a word cloud).
 Bad input gets a 4xx and a one-line JSON error, `{"error": "..."}`; the replica stays up. With an API key, every
-request but the health checks needs `Authorization: Bearer KEY` (or `X-API-Key: KEY`).
+request but the health checks needs `Authorization: Bearer KEY` (or `X-API-Key: KEY`). A server on a loopback address
+answers only requests for a loopback host name (the Host header), so that no web page can reach it by DNS rebinding.
+There is no /docs, /redoc or /openapi.json.
 """
 
+import asyncio
 import hmac
 import json
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
 from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from ray import serve
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from dltrain.serving.images import BadImage, decode
 from dltrain.serving.source import ModelSource
@@ -37,12 +44,34 @@ PREPROCESSING = (
 
 PAGE = (Path(__file__).parent / "page.html").read_text()
 
-app = FastAPI(title="dltrain model server")
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+# No generated docs: /docs and /redoc load scripts from a CDN, and /openapi.json would describe the API to anyone.
+app = FastAPI(title="dltrain model server", docs_url=None, redoc_url=None, openapi_url=None)
 
 
-@app.exception_handler(HTTPException)
-async def _one_line_error(request: Request, error: HTTPException) -> JSONResponse:
-    return JSONResponse({"error": str(error.detail)}, status_code=error.status_code)
+@app.exception_handler(StarletteHTTPException)  # FastAPI's, and Starlette's own (404, 405, a malformed form)
+async def _one_line_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+    return JSONResponse({"error": " ".join(str(error.detail).split())}, status_code=error.status_code)
+
+
+@app.exception_handler(RequestValidationError)
+async def _invalid_parameter(request: Request, error: RequestValidationError) -> JSONResponse:
+    first = error.errors()[0]
+    where = " ".join(str(part) for part in first.get("loc", ()))
+    return JSONResponse({"error": " ".join(f"{where}: {first.get('msg', 'invalid')}".split())}, status_code=422)
+
+
+@app.middleware("http")
+async def _check_host(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+    """On a loopback address, refuse a request whose Host is not a loopback name: a web page that rebinds its own
+    name to 127.0.0.1 (DNS rebinding) sends its own name."""
+    allowed = getattr(request.app.state, "allowed_hosts", None)
+    host = request.headers.get("host", "")
+    if allowed is not None and (urlsplit(f"//{host}").hostname or "").rstrip(".") not in allowed:
+        message = f"Host {host!r} is not this server's: it answers {', '.join(allowed)} (see README.md, Serving)"
+        return JSONResponse({"error": " ".join(message.split())}, status_code=400)
+    return await call_next(request)
 
 
 def _bad(message: str, status: int = 400) -> HTTPException:
@@ -50,26 +79,32 @@ def _bad(message: str, status: int = 400) -> HTTPException:
 
 
 async def _body(request: Request) -> bytes:
-    """The request's body, refused with 413 beyond MAX_BODY_BYTES. A body that is too large is still read to its
-    end (and dropped), so that the client, which is still sending it, receives the 413 instead of a reset."""
+    """The request's body, refused with 413 beyond MAX_BODY_BYTES: at once where its Content-Length says so, else
+    as soon as that much has come; the rest is never read."""
     if hasattr(request, "_body"):  # read already
         return request._body
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise _bad(f"the request body is {int(declared):,} bytes; at most {MAX_BODY_BYTES:,}", 413)
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
-        if size <= MAX_BODY_BYTES:
-            chunks.append(chunk)
-    if size > MAX_BODY_BYTES:
-        raise _bad(f"the request body is {size:,} bytes; at most {MAX_BODY_BYTES:,}", 413)
+        if size > MAX_BODY_BYTES:
+            raise _bad(f"the request body is over {MAX_BODY_BYTES:,} bytes; at most {MAX_BODY_BYTES:,}", 413)
+        chunks.append(chunk)
     request._body = b"".join(chunks)  # where Starlette keeps a read body, for request.form() to parse
     return request._body
 
 
 async def _json(request: Request) -> dict:
+    """The body's JSON object, parsed off the event loop (16 MiB of JSON takes a while)."""
+    body = await _body(request)
     try:
-        payload = json.loads(await _body(request))
+        payload = await asyncio.to_thread(json.loads, body)
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise _bad(f"the body is not JSON: {error}") from None
+    except RecursionError:
+        raise _bad("the body's JSON is nested too deeply") from None
     if not isinstance(payload, dict):
         raise _bad("the body must be a JSON object")
     return payload
@@ -90,9 +125,11 @@ MAX_ONGOING_REQUESTS = 2 * BATCH_SIZE
 class ModelServer:
     """One replica: the model in memory, predicting micro-batches of the requests it is sent."""
 
-    def __init__(self, source: ModelSource, api_key: str | None):
+    def __init__(self, source: ModelSource, api_key: str | None, allowed_hosts: tuple[str, ...] | None = None):
+        """`allowed_hosts`: the Host names answered (a loopback server's), or None: any."""
         from dltrain.serving.classifier import Classifier  # Keras loads in the replicas only, not in the driver
 
+        app.state.allowed_hosts = allowed_hosts  # read by _check_host, in this replica's process
         self.source, self.api_key = source, api_key
         self.classifier = Classifier(source.model_bytes, source.class_names)
         self.input_shape = self.classifier.input_shape
@@ -124,12 +161,14 @@ class ModelServer:
             raise _bad(f"datatype {dtype!r} is not accepted: use UINT8 (pixels 0-255) or FP32 (values in [0, 1])")
         try:
             array = np.asarray(values, dtype=np.float64)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError, RecursionError):  # text, ragged or deep lists, huge integers
             raise _bad("the tensor's data must be numbers") from None
         if dtype == "UINT8" and (array.min(initial=0) < 0 or array.max(initial=0) > 255 or np.any(array % 1)):
             raise _bad("UINT8 data must be integers from 0 to 255")
         if dtype == "FP32" and not np.all(np.isfinite(array)):
             raise _bad("FP32 data must be finite numbers")
+        if dtype == "FP32" and np.abs(array).max(initial=0) > FLOAT32_MAX:
+            raise _bad(f"FP32 data must fit in 32 bits: at most {FLOAT32_MAX:.4g} in size")
         return (array / 255.0 if dtype == "UINT8" else array).astype(np.float32)
 
     def _shaped(self, array: np.ndarray, shape: list) -> np.ndarray:
@@ -228,8 +267,9 @@ class ModelServer:
         _rows(len(files))
         pixels = []
         for index, file in enumerate(files):
-            try:
-                pixels.append(decode(await file.read(), self.input_shape, file.filename or f"file {index + 1}"))
+            name = file.filename or f"file {index + 1}"
+            try:  # decoded off the event loop, which goes on answering other requests (health checks too)
+                pixels.append(await asyncio.to_thread(decode, await file.read(), self.input_shape, name))
             except BadImage as error:
                 raise _bad(str(error)) from None
         probabilities = await self._predict(np.stack(pixels).astype(np.float32) / 255.0)

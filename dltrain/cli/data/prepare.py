@@ -6,7 +6,7 @@ Training reads the shards with `dataset=image_folder dataset.path=DEST`; any met
 
 import argparse
 
-from dltrain.cli.options import add_storage_options
+from dltrain.cli.options import add_storage_options, finite_number
 from dltrain.errors import DltrainError
 
 DEFAULT_SHARD_MB = 64  # a few seconds' reading per shard; many shards let workers read in a new order each epoch
@@ -16,10 +16,12 @@ def register(subcommands: argparse._SubParsersAction) -> None:
     """Add `data prepare`."""
     command = subcommands.add_parser("prepare", help="convert images into Parquet shards", description=__doc__)
     command.add_argument("source", metavar="SOURCE", help="a folder of CLASS/ subfolders, or a .csv / .parquet "
-                         "manifest with a path column (relative to it, or s3://); local or s3://")  # fmt: skip
+                         "manifest with a path column (relative to it); local or s3://")  # fmt: skip
     command.add_argument("destination", metavar="DEST", help="a new folder, local or s3://bucket/prefix")
-    command.add_argument("--shard-mb", type=float, default=DEFAULT_SHARD_MB, metavar="MB",
+    command.add_argument("--shard-mb", type=finite_number, default=DEFAULT_SHARD_MB, metavar="MB",
                          help=f"images per shard, in MB (default {DEFAULT_SHARD_MB})")  # fmt: skip
+    command.add_argument("--allow-outside-paths", action="store_true", help="a manifest may name files outside its "
+                         "folder (../, absolute paths, s3:// URIs, links to files elsewhere)")  # fmt: skip
     add_storage_options(command)  # only --endpoint-url and --region are read, for s3:// locations
     command.set_defaults(handler=run)
 
@@ -40,7 +42,10 @@ def run(args: argparse.Namespace) -> None:
         raise DltrainError(f"{args.destination} already holds a prepared data set: give a new folder")
     try:
         manifest = args.source.lower().endswith((".csv", ".parquet"))
-        table = shards.read_manifest(resolve, args.source) if manifest else shards.scan_folder(resolve, args.source)
+        if manifest:
+            table = shards.read_manifest(resolve, args.source, args.allow_outside_paths)
+        else:
+            table = shards.scan_folder(resolve, args.source)
         prepared = shards.prepare(resolve, table, args.destination, int(args.shard_mb * 2**20))
     except (OSError, ValueError) as error:
         raise DltrainError(str(error) if args.source in str(error) else f"{args.source}: {error}") from error

@@ -1,4 +1,7 @@
-"""`dltrain models delete NAME:N [--yes]`: remove one version; refused while an alias points at it."""
+"""`dltrain models delete NAME:N [--yes] [--force]`: remove one READY version; refused while an alias points at it.
+
+A version still REGISTERING (a registration copying it, or one that died doing so) is removed only with --force;
+a registration still under way then fails rather than make it READY."""
 
 import argparse
 import sys
@@ -13,6 +16,7 @@ def register(subcommands: argparse._SubParsersAction) -> None:
     command = subcommands.add_parser("delete", help="remove a version", description=__doc__)
     command.add_argument("reference", metavar="NAME:N", help="the version to remove")
     command.add_argument("--yes", action="store_true", help="do not ask (needed where there is no terminal to ask)")
+    command.add_argument("--force", action="store_true", help="also a version still REGISTERING")
     add_storage_options(command)
     command.set_defaults(handler=run)
 
@@ -30,5 +34,5 @@ def run(args: argparse.Namespace) -> None:
             print("nothing was deleted")
             return
     with one_line_errors():
-        registry(args).delete(name, version)
+        registry(args).delete(name, version, args.force)
     print(f"deleted {name}:{version}")

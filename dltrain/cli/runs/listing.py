@@ -1,15 +1,18 @@
-"""`dltrain runs list [--status S] [--sweep ID] [--limit N] [--json]`: the runs in a storage, newest first."""
+"""`dltrain runs list [--status S] [--sweep ID] [--limit N] [--json]`: the runs in a storage, newest first; a run
+whose files do not read is listed UNREADABLE (with the reason in --json's error), and the rest are listed."""
 
 import argparse
 import itertools
+import sys
 
 from dltrain import formatting
 from dltrain.cli.options import add_storage_options, run_store
-from dltrain.cli.runs.overview import moment, number, overview
+from dltrain.cli.runs.overview import UNREADABLE, moment, number, overview
 from dltrain.errors import DltrainError
 from dltrain.runs import STATUSES, check_run_id
 
-SHOWN_STATUSES = (*STATUSES, "LOST")  # LOST: RUNNING, but its driver's heartbeat stopped
+# LOST: PENDING or RUNNING, but its driver's heartbeat stopped; UNREADABLE: its files do not read (the error says)
+SHOWN_STATUSES = (*STATUSES, "LOST", UNREADABLE)
 COLUMNS = ["id", "model", "dataset", "status", "workers", "epochs", "best val_acc", "test_acc", "started", "duration"]
 
 
@@ -39,7 +42,8 @@ def run(args: argparse.Namespace) -> None:
     overviews = (overview(run) for run in runs)
     if args.status is not None:
         overviews = (item for item in overviews if item["status"] == args.status)
-    overviews = list(itertools.islice(overviews, args.limit))  # read no more runs than shown
+    limit = args.limit if args.limit is None or args.limit <= sys.maxsize else None  # more than there can be
+    overviews = list(itertools.islice(overviews, limit))  # read no more runs than shown
     if args.json:
         print(formatting.to_json(overviews))
         return

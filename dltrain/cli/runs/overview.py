@@ -1,13 +1,19 @@
 """One run's overview, for listings and `runs show`: what it trains, how it stands, how far it got."""
 
 import math
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
+
+import yaml
 
 from dltrain import formatting
 from dltrain.errors import DltrainError
 from dltrain.references import named_run
+from dltrain.retrying_fs import StorageUnavailable
 from dltrain.runs import Run, RunStore, observed_status
+
+UNREADABLE = "UNREADABLE"  # the status listings show for a run whose files do not read
 
 
 def run_named(store: RunStore, run_id: str) -> Run:
@@ -31,24 +37,49 @@ def _best(values: list[Any]) -> float | None:
     return max(numbers) if numbers else None
 
 
+def _load(run: Run, name: str, load: Callable[[], Any], kind: type = dict) -> Any:
+    """What `load` reads of the run's file `name`, which must be a `kind`; ValueError naming the file if it does not
+    read (corrupt, or not what dltrain writes there). An outage is not the file's fault: it is raised."""
+    try:
+        content = load()
+    except StorageUnavailable:
+        raise
+    except (OSError, ValueError, yaml.YAMLError) as error:
+        reason = next(iter(str(error).strip().splitlines()), type(error).__name__)
+        raise ValueError(f"run {run.id}: {name} does not read ({reason})") from None
+    if not isinstance(content, kind):
+        raise ValueError(f"run {run.id}: {name} holds a {type(content).__name__}, not a {kind.__name__}")
+    return content
+
+
 def read(run: Run) -> dict[str, Any]:
     """What a run's overview is made of, each file read once: status, config, summary ({} if none yet) and
-    history (a sweep has none of its own)."""
+    history (a sweep has none of its own); ValueError naming a file that does not read."""
     exists = run.storage.exists
-    config = run.config() if exists(f"{run.path}/config.yaml") else {}
+    config = _load(run, "config.yaml", run.config) if exists(f"{run.path}/config.yaml") else {}
     return {
-        "status": run.status(),
+        "status": _load(run, "status.json", run.status),
         "config": config,
-        "summary": run.summary() if exists(f"{run.path}/summary.json") else {},
-        "history": [] if config.get("sweep") is not None else run.metrics(),
+        "summary": _load(run, "summary.json", run.summary) if exists(f"{run.path}/summary.json") else {},
+        "history": [] if config.get("sweep") is not None else _load(run, "metrics.parquet", run.metrics, list),
     }
 
 
 def overview(run: Run, files: dict[str, Any] | None = None) -> dict[str, Any]:
     """id, kind, model, dataset, status (LOST for a silent RUNNING one), workers, epochs_done, epochs,
     best_val_accuracy, test_accuracy, started, ended, duration_seconds, error and uri; from `files` (read(run))
-    where the caller has read them already."""
-    files = files or read(run)
+    where the caller has read them already. A run whose files do not read (corrupt, or edited into something dltrain
+    never writes) is UNREADABLE, its error saying why: one bad folder never breaks a listing."""
+    try:
+        return _overview(run, files or read(run))
+    except (ValueError, TypeError, AttributeError, KeyError) as error:  # what content of the wrong shape raises
+        unknown = dict.fromkeys(("kind", "model", "dataset", "workers"), "?") | dict.fromkeys(
+            ("epochs_done", "epochs", "best_val_accuracy", "test_accuracy", "started", "ended", "duration_seconds")
+        )
+        return {"id": run.id, **unknown, "status": UNREADABLE, "error": str(error), "uri": run.uri}
+
+
+def _overview(run: Run, files: dict[str, Any]) -> dict[str, Any]:
     status, config, summary, history = files["status"], files["config"], files["summary"], files["history"]
     sweep = config.get("sweep") is not None
     started = status.get("started")

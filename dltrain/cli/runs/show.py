@@ -5,7 +5,7 @@ import argparse
 from typing import Any
 
 from dltrain import formatting
-from dltrain.cli.options import add_run_command, run_store
+from dltrain.cli.options import add_run_command, one_line_errors, run_store
 from dltrain.cli.runs.metrics import cell
 from dltrain.cli.runs.overview import moment, overview, read, run_named
 from dltrain.search_space import flatten
@@ -43,7 +43,8 @@ def config_changes(saved: dict) -> dict[str, dict[str, Any]]:
 def details(args: argparse.Namespace) -> dict[str, Any]:
     """Everything `runs show` prints."""
     selected = run_named(run_store(args), args.run_id)
-    files = read(selected)
+    with one_line_errors():  # a file of the run that does not read
+        files = read(selected)
     return {
         "overview": overview(selected, files),
         "status": files["status"],
