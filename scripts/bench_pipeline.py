@@ -5,7 +5,7 @@ shuffle, this worker's slices, scaling, prefetch) versus samples per second of d
 Target: the pipeline delivers >= 5x what training consumes.
 
 With --shards N, the pipeline is dataset=image_folder's instead: N of the images written as PNG files, prepared
-into Parquet shards, and streamed from them, decoded, resized and augmented in tf.data (image_folder.py).
+into Parquet shards, and streamed from them, decoded and resized with Pillow and augmented in NumPy (image_folder.py).
 
     python scripts/bench_pipeline.py                                  # 2 epochs of 54,000 images, ~1 min
     python scripts/bench_pipeline.py --repetitions 5 --workers 2      # worker 0 of 2 (half of every batch)
@@ -16,8 +16,10 @@ Prints one JSON line at the end.
 """
 
 import argparse
+import itertools
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import benchmarking as bench
@@ -47,11 +49,10 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=None, help="also write the JSON line to this file")
     args = parser.parse_args()
 
-    import tensorflow as tf
-
     from dltrain.data import fashion_mnist
-    from dltrain.data.pipeline import train_batches, train_validation_split
+    from dltrain.data.pipeline import Batch, train_batches, train_validation_split
     from dltrain.engine.loop import DistributedLoop
+    from dltrain.frameworks.tensorflow import Training
     from dltrain.models.backbone import build_backbone
     from dltrain.models.cnn import build_cnn
 
@@ -65,16 +66,16 @@ def main() -> None:
         feed = _shard_feed(train, args.shards, Path(folder.name), args.image_size, seed, args.augment)
         input_shape = (args.image_size, args.image_size, 1)
 
-        def epoch_batches(epoch: int) -> tf.data.Dataset:
+        def epoch_batches(epoch: int) -> Iterator[Batch]:
             return feed.train(args.batch_size, seed, epoch, args.workers, 0)
     else:
         input_shape = fashion_mnist.INPUT_SHAPE
 
-        def epoch_batches(epoch: int) -> tf.data.Dataset:
+        def epoch_batches(epoch: int) -> Iterator[Batch]:
             return train_batches(train, args.batch_size, seed, epoch, args.workers, 0)
 
-    strategy = tf.distribute.MultiWorkerMirroredStrategy()  # as a lone worker builds it (no TF_CONFIG)
-    with strategy.scope():
+    training = Training(workers=1, deterministic=False, use_gpu=False)  # as a lone worker builds it (no TF_CONFIG)
+    with training.scope():
         if args.model == "cnn":
             model = build_cnn(input_shape, len(fashion_mnist.CLASS_NAMES))
         else:
@@ -82,10 +83,9 @@ def main() -> None:
         model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     # Training alone: DistributedLoop.fit over one batch repeated (the worker's share of a global batch, as on
     # worker 0 of N), so its samples/s are what the steps consume with no input pipeline to wait for.
-    loop = DistributedLoop(model, strategy, args.batch_size)
+    loop = DistributedLoop(model, training.steps(model, args.batch_size, jit_compile=False), args.batch_size)
     batch = next(iter(epoch_batches(0)))
-    repeated = tf.data.Dataset.from_tensors(batch).repeat()
-    loop.fit(lambda epoch: repeated.take(2), 2, 1)  # trace (and compile) the step outside the timing
+    loop.fit(lambda epoch: itertools.repeat(batch, 2), 2, 1)  # trace (and compile) the step outside the timing
 
     pipeline_rates, training_rates = [], []
     for repetition in range(args.repetitions):
@@ -94,7 +94,7 @@ def main() -> None:
             samples += int(batch_images.shape[0])
         pipeline_rates.append(samples / (time.perf_counter() - started))
 
-        history = loop.fit(lambda epoch: repeated.take(args.steps), args.steps, 1)
+        history = loop.fit(lambda epoch: itertools.repeat(batch, args.steps), args.steps, 1)
         training_rates.append(history[-1]["samples_per_second"] / args.workers)  # this worker's share
         print(f"#{repetition + 1}: pipeline {pipeline_rates[-1]:.0f}, training {training_rates[-1]:.0f} samples/s")
 

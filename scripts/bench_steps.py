@@ -2,8 +2,8 @@
 `model.fit` at the same K, on (a) an MLP (Flatten, Dense 128 relu, Dense 10 softmax), whose step is so small that
 the per-call overhead shows, and (b) the reference CNN (dltrain/models/cnn.py). In one process, with the default
 strategy (no Ray), alternating (dltrain K=1, Keras K=1, dltrain K=32, Keras K=32, and again), so all four see the
-same load. Both loops get the same input: `train_batches` (the seeded shuffle of epoch 0, scaled, prefetched),
-which Keras iterates again each epoch; there is no validation, so an epoch is training only.
+same load. Both loops get the same input: the batches of `train_batches` (the seeded shuffle of epoch 0, scaled),
+in memory, which each epoch trains on again; there is no validation, so an epoch is training only.
 
 Per runner: steady seconds per epoch (every epoch but each run's first, which traces the step), wall and this
 process's CPU seconds (the work, whatever else shares the cores), median over the repetitions. jit_compile is
@@ -22,6 +22,7 @@ import tempfile
 from pathlib import Path
 
 import benchmarking as bench
+import numpy as np
 
 DEFAULT_BATCH = 128  # the reference recipe's global batch
 EXECUTIONS = (1, 32)  # steps per execution compared
@@ -51,10 +52,12 @@ class _Workload:
     """One model's data and its four runners' per-epoch seconds."""
 
     def __init__(self, name: str, build, train, args: argparse.Namespace, folder: Path):
-        from dltrain.data.pipeline import steps_per_epoch
+        from dltrain.data.pipeline import steps_per_epoch, train_batches
 
         self.name, self.build, self.train, self.args, self.folder = name, build, train, args, folder
         self.steps = steps_per_epoch(len(train.images), args.batch_size)
+        # Epoch 0's seeded shuffle, scaled, in memory: every epoch of every runner trains on these batches.
+        self.batches = list(train_batches(train, args.batch_size, args.seed, 0, 1, 0))
 
     def _model(self, steps_per_execution: int):
         """The seeded model, compiled as dltrain compiles it; `steps_per_execution` is for Keras' fit."""
@@ -73,29 +76,33 @@ class _Workload:
         return model
 
     def dltrain(self, steps_per_execution: int) -> dict:
-        import tensorflow as tf
+        import keras
         from timeline import Timeline
 
-        from dltrain.data.pipeline import train_batches
-        from dltrain.engine.loop import DistributedLoop, resolve_jit_compile
+        from dltrain.data import fashion_mnist
+        from dltrain.engine.loop import DistributedLoop
+        from dltrain.frameworks.tensorflow import Training
 
-        model = self._model(1)
-        jit = resolve_jit_compile("auto", bool(tf.config.list_physical_devices("GPU")), deterministic=False)
-        loop = DistributedLoop(model, tf.distribute.get_strategy(), self.args.batch_size, steps_per_execution, jit)
+        keras.utils.set_random_seed(self.args.seed)
+        training = Training(workers=1, deterministic=False, use_gpu=True)  # XLA where there is a GPU, as Keras
+        with training.scope():
+            model = self.build(fashion_mnist.INPUT_SHAPE, len(fashion_mnist.CLASS_NAMES))
+            model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        steps = training.steps(model, self.args.batch_size, jit_compile="auto")
+        loop = DistributedLoop(model, steps, self.args.batch_size, steps_per_execution)
         timeline = Timeline(self.folder / "timeline.json")
-        batches = train_batches(self.train, self.args.batch_size, self.args.seed, 0, 1, 0)
-        loop.fit(lambda epoch: batches, self.steps, self.args.epochs, callbacks=[timeline])
+        loop.fit(lambda epoch: iter(self.batches), self.steps, self.args.epochs, callbacks=[timeline])
         return timeline.times
 
     def keras(self, steps_per_execution: int) -> dict:
         from timeline import Timeline
 
-        from dltrain.data.pipeline import train_batches
-
         model = self._model(steps_per_execution)
         timeline = Timeline(self.folder / "timeline.json")
-        batches = train_batches(self.train, self.args.batch_size, self.args.seed, 0, 1, 0)
-        model.fit(batches, epochs=self.args.epochs, callbacks=[timeline], verbose=0)
+        images = np.concatenate([images for images, _ in self.batches])
+        labels = np.concatenate([labels for _, labels in self.batches])
+        model.fit(images, labels, batch_size=self.args.batch_size, shuffle=False, epochs=self.args.epochs,
+                  callbacks=[timeline], verbose=0)  # fmt: skip
         return timeline.times
 
 

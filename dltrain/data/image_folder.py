@@ -159,9 +159,13 @@ class ShardBatches:
             yield from zip(data, self.plan.row_class[numbers].tolist(), strict=True)
 
     def _batch(self, encoded: list[tuple[bytes, int]], pool: ThreadPoolExecutor) -> tuple[np.ndarray, np.ndarray]:
-        """uint8 images and class numbers of `encoded` images, decoded in the threads of `pool`."""
-        images = pool.map(lambda item: decode(item[0], self.image_size, self.channels), encoded)
-        return np.stack(list(images)), np.array([label for _, label in encoded])
+        """uint8 images and class numbers of `encoded` images, decoded in the threads of `pool`, a share each (a
+        task per image would cost more than decoding a small one)."""
+        shares = [encoded[start::DECODE_THREADS] for start in range(DECODE_THREADS)]
+        decoded = pool.map(lambda share: [decode(data, self.image_size, self.channels) for data, _ in share], shares)
+        images = [image for share in decoded for image in share]
+        labels = [label for share in shares for _, label in share]
+        return np.stack(images), np.array(labels)
 
     def train(
         self, global_batch_size: int, seed: int, epoch: int, num_workers: int, worker_index: int
