@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -37,6 +38,8 @@ class DumpWorkerState(keras.callbacks.Callback):
         np.savez(self.folder / f"initial-weights-{rank}.npz", *self.initial_weights)
         tf_config = json.loads(os.environ.get("TF_CONFIG", "{}"))
         seen = {
+            "tensorflow_loaded": sys.modules.get("tensorflow") is not None,
+            "keras_backend": keras.backend.backend(),
             "node_ip": ray.util.get_node_ip_address(),
             "tf_workers": tf_config.get("cluster", {}).get("worker", []),
             "epochs_seen": self.epochs_seen,

@@ -14,6 +14,7 @@ Everything else (the Ray Train worker, callbacks, checkpoints, the epoch loop, t
 """
 
 import importlib
+import importlib.abc
 import os
 import sys
 from types import ModuleType
@@ -23,6 +24,19 @@ from dltrain.errors import DltrainError
 FRAMEWORKS = ("tensorflow", "jax")
 
 
+class _Absent(importlib.abc.MetaPathFinder):
+    """Finds no module `package` (nor its submodules) in a process on `framework`: importing it fails as if it were
+    not installed."""
+
+    def __init__(self, package: str, framework: str):
+        self.package, self.framework = package, framework
+
+    def find_spec(self, fullname: str, path: object, target: object = None) -> None:
+        if fullname == self.package or fullname.startswith(f"{self.package}."):
+            raise ModuleNotFoundError(f"No module named {fullname!r} on framework={self.framework}", name=fullname)
+        return None
+
+
 def use_keras_backend(name: str) -> None:
     """Have Keras run on framework `name` in this process: KERAS_BACKEND, set before Keras is imported.
 
@@ -30,10 +44,14 @@ def use_keras_backend(name: str) -> None:
     that trained on TensorFlow) cannot train on `name`, which fails in one line. A process on another framework
     than TensorFlow never imports TensorFlow.
     """
-    if name != "tensorflow" and "tensorflow" not in sys.modules:
+    if (
+        name != "tensorflow"
+        and "tensorflow" not in sys.modules
+        and not any(isinstance(finder, _Absent) for finder in sys.meta_path)
+    ):
         # Keras imports TensorFlow to serialize a model wherever it is installed, whatever Keras' backend: a process
         # on another framework never loads it (an import of it fails, which Keras takes as "not installed").
-        sys.modules["tensorflow"] = None
+        sys.meta_path.insert(0, _Absent("tensorflow", name))
     if "keras" not in sys.modules:
         os.environ["KERAS_BACKEND"] = name
         return
