@@ -143,6 +143,10 @@ def test_overrides_reach_the_job():
             ["resources=medium", "resources.use_gpu=false", "trainer.jit_compile=true"],
             "trainer.jit_compile=true with resources.num_workers=2 CPU workers: XLA compiles the gradient all-reduce",
         ),
+        (
+            ["framework=jax", "trainer.jit_compile=false"],
+            "trainer.jit_compile=false with framework=jax: JAX compiles every step with XLA; use jit_compile=auto",
+        ),
         (["ray.wait_for_workers_s=0"], "ray.wait_for_workers_s=0 is invalid: expected a number > 0 (seconds)"),
         (["+trainer.callbacks.x=1"], "trainer.callbacks={'x': 1} is invalid"),
         (
@@ -186,6 +190,18 @@ def test_bad_values_name_the_key_and_what_is_allowed(overrides, message):
         resolve(compose_config(*overrides))
     assert message in str(raised.value)
     assert "\n" not in str(raised.value)
+
+
+def test_jax_compiles_the_all_reduce_of_cpu_workers_too():
+    """What TensorFlow refuses (XLA over two CPU workers) is how JAX always runs: its CPU collectives are gloo's."""
+    job = resolve(
+        compose_config("framework=jax", "resources=medium", "resources.use_gpu=false", "trainer.jit_compile=true")
+    )
+    assert (job["framework"]["name"], job["resources"]["num_workers"], job["trainer"]["jit_compile"]) == (
+        "jax",
+        2,
+        True,
+    )
 
 
 def test_unknown_group_option_lists_the_choices():
