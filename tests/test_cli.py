@@ -151,7 +151,8 @@ def test_resume_after_the_driver_dies_completes_the_same_run(real_data, tmp_path
 
 @pytest.mark.slow
 def test_a_failure_past_max_failures_in_the_driver_fails_the_run_in_one_line(worker_env, real_data, tmp_path):
-    fail = f"+trainer.callbacks.fail={{_target_: helpers.FailOnce, marker: '{tmp_path / 'failed'}', epoch: 0}}"
+    marker = tmp_path / "failed"
+    fail = f"+trainer.callbacks.fail={{_target_: helpers.callbacks.FailOnce, marker: '{marker}', epoch: 0}}"
     small = ["trainer.epochs=2", "dataset.limit=1280", "trainer.batch_size=64", f"dataset.path={real_data}"]
     result = _dltrain("trainer.max_failures=0", *small, f"storage.uri={tmp_path / 'runs'}", fail, env=worker_env)
     assert result.returncode == 2
@@ -209,7 +210,7 @@ def test_gpu_profile_on_a_cluster_gives_each_worker_its_own_gpu(logical_gpu_clus
     result = _dltrain(
         "resources=large", f"ray.address={address}", "trainer.epochs=1", "dataset.limit=1280",
         "trainer.batch_size=64", f"dataset.path={real_data}", f"storage.uri={tmp_path / 'runs'}",
-        f"+trainer.callbacks.dump={{_target_: helpers.DumpWorkerState, folder: '{dumps}'}}", env=env,
+        f"+trainer.callbacks.dump={{_target_: helpers.callbacks.DumpWorkerState, folder: '{dumps}'}}", env=env,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert "4 worker(s) x {'CPU': 0.5, 'GPU': 1}" in result.stdout

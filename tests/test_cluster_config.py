@@ -5,10 +5,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import compose_config
 from ray.autoscaler._private.util import prepare_config, validate_config
 
 from dltrain.config import resolve
+
+from helpers.config import compose_config
 
 CLUSTER_YAML = Path(__file__).parent.parent / "cluster.yaml"
 

@@ -4,13 +4,14 @@ from pathlib import Path
 
 import pytest
 import ray
-from conftest import compose_config
 from hydra.errors import MissingConfigException
 
 from dltrain.__main__ import CONFIG_DIR
 from dltrain.cluster import trains_in_driver
 from dltrain.config import resolve
 from dltrain.errors import DltrainError
+
+from helpers.config import compose_config
 
 GROUPS = ("model", "dataset", "resources", "storage", "framework", "sweep", "experiment")
 

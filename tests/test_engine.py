@@ -13,12 +13,13 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from conftest import compose_config
 
 from dltrain.config import resolve
 from dltrain.launch import train
 from dltrain.runs import RunStore
 from dltrain.storage import open_storage
+
+from helpers.config import compose_config
 
 pytestmark = pytest.mark.slow
 
@@ -33,7 +34,7 @@ def _job(data: Path, runs: Path, *overrides: str) -> dict:
 
 
 def _dump_callback(folder: Path) -> str:
-    return f"+trainer.callbacks.dump={{_target_: helpers.DumpWorkerState, folder: '{folder}'}}"
+    return f"+trainer.callbacks.dump={{_target_: helpers.callbacks.DumpWorkerState, folder: '{folder}'}}"
 
 
 def _weights(path: Path) -> list[np.ndarray]:
@@ -159,7 +160,7 @@ def test_embedded_ray_listens_on_loopback_only(ray_cluster):
 def test_a_killed_worker_restarts_from_the_last_checkpoint(ray_cluster, real_data, tmp_path):
     """With batch norm and a cosine schedule: the restarted workers continue both from the checkpoint."""
     marker = tmp_path / "killed"
-    kill = f"+trainer.callbacks.kill={{_target_: helpers.KillWorkerOnce, marker: '{marker}', epoch: 1}}"
+    kill = f"+trainer.callbacks.kill={{_target_: helpers.callbacks.KillWorkerOnce, marker: '{marker}', epoch: 1}}"
     job = _job(
         real_data, tmp_path / "runs", "resources.num_workers=2", "trainer.epochs=3", "model.batch_norm=true",
         "trainer.lr_schedule=cosine", kill, _dump_callback(tmp_path / "dumps"),
@@ -197,8 +198,9 @@ def test_a_run_in_the_driver_restarts_after_a_failure_and_resumes_on_ray_train_w
     process = subprocess.run(
         [sys.executable, "-m", "dltrain", f"dataset.path={real_data}", f"storage.uri={runs}", "dataset.limit=1280",
          "trainer.batch_size=64", "trainer.epochs=4", "trainer.progress=epochs",
-         f"+trainer.callbacks.fail={{_target_: helpers.FailOnce, marker: '{failed}', epoch: 1}}",
-         f"+trainer.callbacks.kill={{_target_: helpers.KillWorkerOnce, marker: '{killed}', epoch: 2, rank: 0}}"],
+         f"+trainer.callbacks.fail={{_target_: helpers.callbacks.FailOnce, marker: '{failed}', epoch: 1}}",
+         f"+trainer.callbacks.kill={{_target_: helpers.callbacks.KillWorkerOnce, marker: '{killed}', epoch: 2, "
+         "rank: 0}"],
         capture_output=True, text=True, env={k: v for k, v in worker_env.items() if k != "RAY_ADDRESS"}, timeout=300,
     )  # fmt: skip
     assert process.returncode == -signal.SIGKILL, process.stderr[-3000:]

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from image_sources import DECOYS, PER_CLASS, ImageSources, make_image_sources
 
 from dltrain import config
 from dltrain.data import describe, image_folder, shards
@@ -19,7 +18,9 @@ from dltrain.errors import DltrainError
 from dltrain.runs import RunStore
 from dltrain.serving.source import locate
 from dltrain.storage import open_storage, resolver
-from tests.conftest import compose_config
+
+from helpers.config import compose_config
+from helpers.image_sources import DECOYS, PER_CLASS, ImageSources, make_image_sources
 
 DLTRAIN = str(Path(sys.executable).parent / "dltrain")
 
@@ -150,7 +151,7 @@ def test_each_worker_streams_its_own_rows_of_every_split(sources, tmp_path):
 @pytest.fixture(scope="module")
 def s3_data(sources, s3_session_server):
     """The sources uploaded to a bucket of the session's S3 server, and `dltrain data prepare`'s run on them."""
-    from s3server import create_bucket
+    from helpers.s3server import create_bucket
 
     server = s3_session_server
     bucket = create_bucket(server)

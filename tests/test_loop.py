@@ -8,7 +8,6 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import compose_config
 
 from dltrain.config import resolve
 from dltrain.data.pipeline import Split, eval_batches, train_batches
@@ -16,6 +15,8 @@ from dltrain.engine.loop import DistributedLoop, resolve_jit_compile
 from dltrain.engine.precision import dtype_policy
 from dltrain.frameworks.tensorflow import build_model, compile_model
 from dltrain.progress import ProgressSender
+
+from helpers.config import compose_config
 
 BATCH = 16
 STEPS = 40  # per epoch: 32 does not divide it, so K=32 ends each epoch with an execution of 8 steps
@@ -232,7 +233,7 @@ def test_a_mixed_bfloat16_xla_run_fails_and_restarts_from_its_checkpoint(real_da
     from dltrain.storage import open_storage
 
     runs, marker = tmp_path / "runs", tmp_path / "failed"
-    fail = f"+trainer.callbacks.fail={{_target_: helpers.FailOnce, marker: '{marker}', epoch: 1, batch: 0}}"
+    fail = f"+trainer.callbacks.fail={{_target_: helpers.callbacks.FailOnce, marker: '{marker}', epoch: 1, batch: 0}}"
     job = resolve(
         compose_config(
             f"dataset.path={real_data}", f"storage.uri={runs}", "dataset.limit=1280", "trainer.batch_size=64",

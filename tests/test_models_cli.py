@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pyarrow.fs
 import pytest
-from s3server import create_bucket
 
 from dltrain.registry import Registry
 from dltrain.runs import RunStore
 from dltrain.storage import open_storage
+
+from helpers.s3server import create_bucket
 
 DLTRAIN = str(Path(sys.executable).parent / "dltrain")
 RACERS = 6  # concurrent registrations of one name

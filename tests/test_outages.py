@@ -14,11 +14,12 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
-from s3server import create_bucket
 
 from dltrain.retrying_fs import StorageUnavailable, unavailable_in
 from dltrain.runs import RunStore, StatusPending, pending_dir
 from dltrain.storage import open_storage
+
+from helpers.s3server import create_bucket
 
 
 @pytest.fixture

@@ -18,10 +18,11 @@ from pathlib import Path
 import pyarrow.fs
 import pyarrow.parquet as pq
 import pytest
-from s3server import create_bucket
 
 from dltrain.cli import main as cli
 from dltrain.data import fashion_mnist
+
+from helpers.s3server import create_bucket
 
 DLTRAIN = str(Path(sys.executable).parent / "dltrain")  # the console script, as installed
 LIST_KEYS = {

@@ -12,11 +12,12 @@ from pathlib import Path
 import keras
 import pyarrow.parquet as pq
 import pytest
-from conftest import TWO_WORKER_RECIPE
-from s3server import S3Server, create_bucket, free_ports
 
 from dltrain.data import fashion_mnist
 from dltrain.storage import check_bucket, open_storage
+
+from helpers.runs import TWO_WORKER_RECIPE
+from helpers.s3server import S3Server, create_bucket, free_ports
 
 pytestmark = pytest.mark.slow
 SMALL = ["dataset.limit=1280", "trainer.batch_size=64"]

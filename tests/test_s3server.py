@@ -8,7 +8,8 @@ import boto3
 import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError, EndpointConnectionError
-from s3server import S3Server, create_bucket, s3_bucket, s3_server, s3_session_server
+
+from helpers.s3server import S3Server, create_bucket, s3_bucket, s3_server, s3_session_server
 
 __all__ = ["s3_bucket", "s3_server", "s3_session_server"]  # fixtures used by name below
 

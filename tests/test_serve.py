@@ -21,12 +21,13 @@ import numpy as np
 import pyarrow.fs
 import pytest
 from PIL import Image
-from s3server import create_bucket
 
 from dltrain.data.idx import read_idx
 from dltrain.registry import Registry
 from dltrain.runs import RunStore
 from dltrain.storage import open_storage
+
+from helpers.s3server import create_bucket
 
 pytestmark = pytest.mark.slow
 

@@ -11,14 +11,15 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import compose_config
-from s3server import create_bucket
 
 from dltrain.config import resolve
 from dltrain.data.fashion_mnist import CLASS_NAMES
 from dltrain.errors import DltrainError
 from dltrain.search_space import Dimension, flatten, parse
 from dltrain.sweep import _scheduler, param_space, trial_count
+
+from helpers.config import compose_config
+from helpers.s3server import create_bucket
 
 TINY = ["dataset.limit=1280", "trainer.batch_size=64"]
 

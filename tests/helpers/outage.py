@@ -19,7 +19,8 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 
 import pytest
-from s3server import S3Server
+
+from helpers.s3server import S3Server
 
 HOST = "127.0.0.1"
 _REQUEST_LINE = re.compile(rb"(?m)^(?:GET|PUT|POST|HEAD|DELETE) (\S+) HTTP/1\.[01]\r?$")
