@@ -8,18 +8,21 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from dltrain import capacity, cluster, formatting, lifecycle, sweep
+from dltrain import capacity, cluster, config, formatting, lifecycle
 from dltrain.console import Console, EpochRelay
+from dltrain.data.dataset import DataSet
 from dltrain.errors import DltrainError
 from dltrain.frameworks import tensorflow as framework
+from dltrain.job import Job, StorageConfig
 from dltrain.provenance import provenance
 from dltrain.registry import Registry
 from dltrain.runs import Run, RunStore
 from dltrain.stage import remove_left_behind, temporary_name
 from dltrain.storage import Storage, check_storage, open_storage
+from dltrain.sweep import check_trial_models, run_sweep
 
 
-def _open_storage(config: dict) -> Storage:
+def _open_storage(config: StorageConfig) -> Storage:
     """The storage `config` names, checked, with the final statuses this machine kept for it written."""
     try:
         check_storage(config)
@@ -30,7 +33,7 @@ def _open_storage(config: dict) -> Storage:
         raise DltrainError(f"storage: {error}") from error
 
 
-def train(job: dict, driver_log: Path | None = None, overrides: list[str] | None = None) -> dict:
+def train(job: Job, driver_log: Path | None = None, overrides: list[str] | None = None) -> dict:
     """Run one training job, or a sweep of them, end to end (or resume one, or rerun one's config) and return its
     summary; its folder records everything.
 
@@ -38,52 +41,40 @@ def train(job: dict, driver_log: Path | None = None, overrides: list[str] | None
     `overrides`, the command line's key=value arguments, go into the run's provenance.json.
     """
     remove_left_behind()  # by drivers and workers on this machine that were killed
-    storage = _open_storage(job["storage"])
-    if job["rerun"]:
-        _check_rerun_overrides(job["rerun"], overrides or [])
-        original = _run_named("rerun", job["rerun"], storage)
+    storage = _open_storage(job.storage)
+    if job.rerun:
+        _check_rerun_overrides(job.rerun, overrides or [])
+        original = _run_named("rerun", job.rerun, storage)
         # A new run of the original's saved config; the storage and Ray settings come from this command.
-        saved = completed_config(original.config(), job)
-        job = saved | {"storage": job["storage"], "ray": job["ray"], "resume": None, "rerun": original.id}
-    run = _run_named("resume", job["resume"], storage) if job["resume"] else None
+        job = config.from_saved(original.config(), job, resume=None, rerun=original.id)
+    run = _run_named("resume", job.resume, storage) if job.resume else None
     if run is not None:
         status = run.status()["status"]
-        saved = completed_config(run.config(), job)
-        kind = "sweep" if saved["sweep"] else "run"
+        # The saved config holds no credentials: the storage and Ray settings come from this command.
+        saved = config.from_saved(run.config(), job, resume=run.id, rerun=None)
+        kind = "sweep" if saved.sweep else "run"
         if status == "COMPLETED":
             print(f"dltrain: {kind} {run.id} is already COMPLETED; nothing to resume -> {run.uri}", flush=True)
             return run.summary()
-        # The saved config holds no credentials: the storage and Ray settings come from this command.
-        job = saved | {"storage": job["storage"], "ray": job["ray"], "resume": run.id}
-    kind = "sweep" if job["sweep"] else "run"
-    job = job | {"data": lifecycle.check_data(job)}  # for the workers, not saved with the config
-    parameters = lifecycle.check_model(job, driver_log)
-    if job["sweep"]:
-        sweep.check_trial_models(job, driver_log)
+        job = saved
+    kind = "sweep" if job.sweep else "run"
+    data = lifecycle.check_data(job)  # for the workers, beside the job: what the driver found, not config
+    parameters = lifecycle.check_model(job, data, driver_log)
+    if job.sweep:
+        check_trial_models(job, data, driver_log)
     if run is None:
-        record = provenance(job, overrides or [], job["rerun"])
-        run = RunStore(storage).create(job, framework.versions(), provenance=record)
-        rerun = f" (a rerun of {job['rerun']})" if job["rerun"] else ""
+        record = provenance(data, overrides or [], job.rerun)
+        run = RunStore(storage).create(config.to_mapping(job), framework.versions(), provenance=record)
+        rerun = f" (a rerun of {job.rerun})" if job.rerun else ""
         print(f"dltrain: {kind} {run.id}{rerun} -> {run.uri}", flush=True)
     else:
         run.clear_stop_request()
         run.mark_resumed()
         print(f"dltrain: resuming {kind} {run.id} ({status}) from its latest checkpoint -> {run.uri}", flush=True)
     with _logging_to(driver_log, run):
-        if job["sweep"]:
-            return sweep.run_sweep(job, run, resuming=job["resume"] is not None)
-        return _run(job, run, parameters)
-
-
-def completed_config(saved: dict, defaults: dict) -> dict:
-    """A run's saved config, with the keys dltrain has gained since it was saved taken from `defaults` (whose
-    values for new keys keep the old behaviour); a model's keys only from defaults for the same builder."""
-    completed = defaults | saved
-    for section, keys in defaults.items():
-        same_model = section != "model" or keys.get("_target_") == saved.get("model", {}).get("_target_")
-        if isinstance(keys, dict) and isinstance(saved.get(section), dict) and same_model:
-            completed[section] = keys | saved[section]
-    return completed
+        if job.sweep:
+            return run_sweep(job, data, run, resuming=job.resume is not None)
+        return _run(job, data, run, parameters)
 
 
 def _check_rerun_overrides(run_id: str, overrides: list[str]) -> None:
@@ -128,25 +119,25 @@ def _logging_to(driver_log: Path | None, run: Run) -> Iterator[None]:
             print(f"dltrain: the driver log stays in {kept}: {error}", file=sys.stderr, flush=True)
 
 
-def _run(job: dict, run: Run, parameters: int) -> dict:
+def _run(job: Job, data: DataSet, run: Run, parameters: int) -> dict:
     if cluster.trains_in_driver(job):
-        with lifecycle.recorded(run), Console(job["trainer"]["progress"], in_process=True) as console:
+        with lifecycle.recorded(run), Console(job.trainer.progress, in_process=True) as console:
             print(f"dltrain: {parameters:,} parameters; 1 worker, in this process (resources.local_mode)", flush=True)
-            trainer = framework.DriverTrainer(job, run, console.handle, console.shows_progress)
+            trainer = framework.DriverTrainer(job, data, run, console.handle, console.shows_progress)
             summary = lifecycle.execute(job, run, trainer)
     else:
-        with lifecycle.recorded(run), cluster.ray_connection(job["ray"]["address"]) as embedded:
+        with lifecycle.recorded(run), cluster.ray_connection(job.ray.address) as embedded:
             autoscaling = capacity.autoscaled(embedded)
-            per_worker = capacity.worker_resources(job["resources"], autoscaling)
+            per_worker = capacity.worker_resources(job.resources, autoscaling)
             with lifecycle.terminate_as_interrupt():
-                capacity.ensure_capacity(job["resources"], per_worker, job["ray"]["wait_for_workers_s"], autoscaling)
-            cluster.check_paths_on_nodes(job["data"].shared_path, run.storage)
-            print(f"dltrain: {parameters:,} parameters; {formatting.workers(job['resources'])} worker(s) x "
-                  f"{per_worker}")  # fmt: skip
-            with Console(job["trainer"]["progress"]) as console:
-                relay = EpochRelay(console.handle, run.id, job["trainer"]["epochs"])
+                capacity.ensure_capacity(job.resources, per_worker, job.ray.wait_for_workers_s, autoscaling)
+            cluster.check_paths_on_nodes(data.shared_path, run.storage)
+            print(f"dltrain: {parameters:,} parameters; {formatting.workers(*job.resources.worker_range)} worker(s) "
+                  f"x {per_worker}")  # fmt: skip
+            with Console(job.trainer.progress) as console:
+                relay = EpochRelay(console.handle, run.id, job.trainer.epochs)
                 progress_to = console.handle if console.shows_progress else None  # else rank 0 sends nothing
-                trainer = lifecycle.ray_trainer(job, run, per_worker, [relay], progress_to)
+                trainer = lifecycle.ray_trainer(job, data, run, per_worker, [relay], progress_to)
                 summary = lifecycle.execute(job, run, trainer)
     if summary["status"] == "STOPPED":
         print(f"dltrain: run {run.id} STOPPED: {summary['error']}; resume={run.id} continues it -> {run.uri}")

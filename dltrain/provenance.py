@@ -5,6 +5,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from dltrain.data.dataset import DataSet
 from dltrain.runs import redact
 
 _GIT_TIMEOUT_S = 10
@@ -36,13 +37,14 @@ def command_line(overrides: list[str]) -> str:
     return " ".join(["python -m dltrain", *shown])
 
 
-def provenance(job: dict, overrides: list[str], rerun_of: str | None = None) -> dict[str, Any]:
-    """The provenance.json of a run of `job`, started with Hydra `overrides` (a rerun: of run `rerun_of`)."""
+def provenance(data: DataSet, overrides: list[str], rerun_of: str | None = None) -> dict[str, Any]:
+    """The provenance.json of a run on the data set `data`, started with Hydra `overrides` (a rerun: of run
+    `rerun_of`)."""
     import dltrain
 
     return {
         "command": command_line(overrides),
         "rerun_of": rerun_of,
         "git": git_commit(Path(dltrain.__file__).parent),
-        "data_md5": job["data"].files_md5,  # Fashion-MNIST's files (verified) or the Parquet shards read
+        "data_md5": data.files_md5,  # Fashion-MNIST's files (verified) or the Parquet shards read
     }

@@ -122,8 +122,8 @@ class Run:
         return json.loads(self.storage.read_bytes(f"{self.path}/{name}"))
 
     def write_config(self, config: dict) -> None:
-        """Save the resolved config with secrets redacted (without the driver's `data`: what it found, not config)."""
-        text = yaml.safe_dump(redact({key: value for key, value in config.items() if key != "data"}), sort_keys=False)
+        """Save the resolved config (config.to_mapping of a Job) with secrets redacted."""
+        text = yaml.safe_dump(redact(config), sort_keys=False)
         self.storage.write_bytes(f"{self.path}/config.yaml", text.encode())
 
     def config(self) -> dict:

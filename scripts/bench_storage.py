@@ -29,6 +29,7 @@ import benchmarking as bench
 import pyarrow.fs as pafs
 
 sys.path.insert(0, str(bench.REPO / "tests"))
+from dltrain.job import StorageConfig
 from dltrain.runs import RunStore
 from dltrain.storage import Storage, open_storage
 
@@ -85,7 +86,8 @@ def main() -> None:
     load_before = bench.load_average()
     with tempfile.TemporaryDirectory(prefix="bench-storage-") as tmp, running_s3_server() as server:
         os.environ.update(server.env())
-        retrying = open_storage({"uri": f"s3://{create_bucket(server)}/runs", "endpoint_url": server.endpoint_url})
+        bucket = create_bucket(server)
+        retrying = open_storage(StorageConfig(uri=f"s3://{bucket}/runs", endpoint_url=server.endpoint_url))
         bare_filesystem = pafs.S3FileSystem(
             endpoint_override=server.host_port, scheme="http", region=server.region,
             retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=10),

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from dltrain.job import StorageConfig
 from dltrain.runs import RunStore
 from dltrain.storage import open_storage
 
@@ -72,7 +73,7 @@ def _job_cli(cluster, *args: str, timeout: float = RUN_TIMEOUT_S) -> subprocess.
 @pytest.fixture(scope="module")
 def store(cluster) -> RunStore:
     """The cluster's run folders, read from here with its S3 credentials (in this module's environment)."""
-    storage = {"uri": f"s3://{cluster.bucket}/runs", "endpoint_url": cluster.s3.endpoint_url, "region": None}
+    storage = StorageConfig(uri=f"s3://{cluster.bucket}/runs", endpoint_url=cluster.s3.endpoint_url)
     with pytest.MonkeyPatch.context() as patch:
         for name, value in cluster.s3.env().items():
             patch.setenv(name, value)

@@ -7,6 +7,7 @@ import hashlib
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,11 +16,12 @@ import pytest
 from dltrain import config
 from dltrain.data import describe, image_folder, shards
 from dltrain.errors import DltrainError
+from dltrain.job import ImageFolderConfig, StorageConfig
 from dltrain.runs import RunStore
 from dltrain.serving.source import locate
 from dltrain.storage import open_storage, resolver
 
-from helpers.config import compose_config
+from helpers.config import compose_config, resolved
 from helpers.image_sources import DECOYS, PER_CLASS, ImageSources, make_image_sources
 
 DLTRAIN = str(Path(sys.executable).parent / "dltrain")
@@ -30,18 +32,18 @@ def sources(real_data, tmp_path_factory) -> ImageSources:
     return make_image_sources(real_data, tmp_path_factory.mktemp("images"))
 
 
-def _dataset(**keys) -> dict:
+def _dataset(**keys) -> ImageFolderConfig:
     """An image_folder config, as conf/dataset/image_folder.yaml gives it, with `keys` changed."""
-    defaults = config.resolve(compose_config("dataset=image_folder", "dataset.path=/x"))["dataset"]
-    return defaults | {"path": None, "image_size": 28, "channels": 1} | keys
+    defaults = resolved("dataset=image_folder", "dataset.path=/x").dataset
+    return replace(defaults, **{"path": None, "image_size": 28, "channels": 1} | keys)
 
 
-def _local(tmp_path: Path) -> dict:
-    return {"uri": str(tmp_path / "store"), "endpoint_url": None, "region": None, "retry_seconds": 5}
+def _local(tmp_path: Path) -> StorageConfig:
+    return StorageConfig(uri=str(tmp_path / "store"), retry_seconds=5)
 
 
 def test_a_class_folder_becomes_parquet_shards_without_its_corrupt_files(sources, tmp_path):
-    resolve = resolver({})
+    resolve = resolver(StorageConfig(uri=None))
     table = shards.scan_folder(resolve, str(sources.folder))
     prepared = shards.prepare(resolve, table, str(tmp_path / "shards"), shard_bytes=8_000)
     assert (prepared.images, prepared.skipped) == (sources.images, sources.corrupt)
@@ -165,8 +167,9 @@ def s3_data(sources, s3_session_server):
          "0.01", "--endpoint-url", server.endpoint_url],
         capture_output=True, text=True, timeout=300, env=env,
     )  # fmt: skip
-    storage = {"uri": f"s3://{bucket}/runs", "endpoint_url": server.endpoint_url, "region": server.region,
-               "retry_seconds": 5}  # fmt: skip
+    storage = StorageConfig(
+        uri=f"s3://{bucket}/runs", endpoint_url=server.endpoint_url, region=server.region, retry_seconds=5
+    )
     return bucket, server, prepared, storage
 
 
@@ -208,7 +211,7 @@ def test_two_workers_train_a_backbone_on_s3_shards_labelled_on_the_command_line(
         [sys.executable, "-m", "dltrain", "dataset=image_folder", f"dataset.path=s3://{bucket}/shards",
          "dataset.label=garment", "dataset.image_size=32", "dataset.channels=1", "model=backbone",
          "model.name=mobilenet_v2", "resources=medium", "resources.use_gpu=false", "trainer.epochs=2",
-         "trainer.batch_size=32", "trainer.progress=epochs", "storage=s3", f"storage.uri={storage['uri']}",
+         "trainer.batch_size=32", "trainer.progress=epochs", "storage=s3", f"storage.uri={storage.uri}",
          f"storage.endpoint_url={server.endpoint_url}"],
         capture_output=True, text=True, timeout=900, env=worker_env | server.env(),
     )  # fmt: skip
@@ -216,7 +219,7 @@ def test_two_workers_train_a_backbone_on_s3_shards_labelled_on_the_command_line(
     assert "2 worker(s)" in trained.stdout
     for name, value in server.env().items():
         monkeypatch.setenv(name, value)
-    store = RunStore(open_storage(storage | {"create_bucket": False}))
+    store = RunStore(open_storage(storage))
     (run,) = store.list()
     assert run.status()["status"] == "COMPLETED"
     assert run.confusion_matrix()["class_names"] == list(sources.garments)

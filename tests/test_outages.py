@@ -15,6 +15,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
+from dltrain.job import StorageConfig
 from dltrain.retrying_fs import StorageUnavailable, unavailable_in
 from dltrain.runs import RunStore, StatusPending, pending_dir
 from dltrain.storage import open_storage
@@ -31,8 +32,9 @@ def s3_storage(s3_session_server, s3_outages, monkeypatch, tmp_path):
     bucket = create_bucket(s3_session_server)
 
     def storage(retry_seconds: float):
-        config = {"uri": f"s3://{bucket}/runs", "endpoint_url": s3_outages.endpoint_url}
-        return open_storage(config | {"retry_seconds": retry_seconds})
+        return open_storage(
+            StorageConfig(uri=f"s3://{bucket}/runs", endpoint_url=s3_outages.endpoint_url, retry_seconds=retry_seconds)
+        )
 
     return storage
 
@@ -134,7 +136,7 @@ def test_a_final_status_the_storage_never_took_is_kept_here_and_written_later(s3
 
 
 def test_the_heartbeat_beats_while_running_and_never_after_the_end(tmp_path):
-    run = RunStore(open_storage({"uri": str(tmp_path)})).create({}, {})
+    run = RunStore(open_storage(StorageConfig(uri=str(tmp_path)))).create({}, {})
     run.set_status("RUNNING")
     first = run.status()["heartbeat"]
     with run.heartbeat(seconds=0.2):

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from dltrain.config import completed_config
 from dltrain.errors import DltrainError
-from dltrain.launch import completed_config
+from dltrain.job import StorageConfig
 from dltrain.lifecycle import recorded
 from dltrain.runs import RunStore, new_run_id, redact
 from dltrain.storage import open_storage
@@ -15,7 +16,7 @@ from dltrain.storage import open_storage
 
 @pytest.fixture
 def store(tmp_path):
-    return RunStore(open_storage({"uri": str(tmp_path / "runs")}))
+    return RunStore(open_storage(StorageConfig(uri=str(tmp_path / "runs"))))
 
 
 def test_run_ids_are_readable_unique_and_time_sortable():
@@ -26,7 +27,7 @@ def test_run_ids_are_readable_unique_and_time_sortable():
 
 def test_relative_storage_paths_become_absolute(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    storage = open_storage({"uri": "relative/runs"})
+    storage = open_storage(StorageConfig(uri="relative/runs"))
     assert storage.root == str(tmp_path / "relative" / "runs")
 
 

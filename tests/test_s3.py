@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from dltrain.data import fashion_mnist
+from dltrain.job import StorageConfig
 from dltrain.storage import check_bucket, open_storage
 
 from helpers.runs import TWO_WORKER_RECIPE
@@ -237,7 +238,7 @@ def test_upload_copies_a_nested_folder_and_replaces_changed_files(s3_session_ser
     for name, value in server.env().items():
         monkeypatch.setenv(name, value)
     bucket = create_bucket(server)
-    storage = open_storage({"uri": f"s3://{bucket}/runs", "endpoint_url": server.endpoint_url})
+    storage = open_storage(StorageConfig(uri=f"s3://{bucket}/runs", endpoint_url=server.endpoint_url))
     for epoch in (1, 2):
         for part in ("train", "validation"):
             (tmp_path / "tensorboard" / part).mkdir(parents=True, exist_ok=True)

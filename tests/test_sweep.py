@@ -16,7 +16,7 @@ from dltrain.config import resolve
 from dltrain.data.fashion_mnist import CLASS_NAMES
 from dltrain.errors import DltrainError
 from dltrain.search_space import Dimension, flatten, parse
-from dltrain.sweep import _scheduler, param_space, trial_count
+from dltrain.sweep import param_space, scheduler, trial_count
 
 from helpers.config import compose_config
 from helpers.s3server import create_bucket
@@ -79,7 +79,7 @@ def test_bad_sweeps_are_rejected_naming_the_key(overrides, message):
 
 
 def test_grid_enumerates_every_combination():
-    sweep = resolve(compose_config("sweep=grid", "sweep.num_samples=2"))["sweep"]
+    sweep = resolve(compose_config("sweep=grid", "sweep.num_samples=2")).sweep
     space = param_space(sweep)
     assert space == {
         "trainer.learning_rate": {"grid_search": [0.0003, 0.001, 0.003]},
@@ -99,9 +99,9 @@ def test_grid_enumerates_every_combination():
 )  # fmt: skip
 def test_each_scheduler_is_built_from_its_settings(name, settings, kind):
     sweep = resolve(compose_config("sweep=asha", f"sweep.scheduler.name={name}", *settings, "trainer.epochs=8"))
-    scheduler = _scheduler(sweep["sweep"], 8)
-    assert kind in [cls.__name__ for cls in type(scheduler).__mro__]
-    assert getattr(scheduler, "last_epoch", 8) == 8  # early-stopping schedulers spare every trial's last epoch
+    built = scheduler(sweep.sweep, 8)
+    assert kind in [cls.__name__ for cls in type(built).__mro__]
+    assert getattr(built, "last_epoch", 8) == 8  # early-stopping schedulers spare every trial's last epoch
 
 
 def _dltrain(*args: str, env: dict | None = None, timeout: float = 900) -> subprocess.CompletedProcess:

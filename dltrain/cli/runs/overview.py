@@ -4,7 +4,7 @@ import math
 from datetime import datetime, timezone
 from typing import Any
 
-from dltrain import formatting
+from dltrain.config import saved_overview
 from dltrain.errors import DltrainError
 from dltrain.registry import Registry
 from dltrain.runs import Run, RunStore, observed_status
@@ -40,7 +40,7 @@ def read(run: Run) -> dict[str, Any]:
         "status": run.status(),
         "config": config,
         "summary": run.summary() if exists(f"{run.path}/summary.json") else {},
-        "history": [] if config.get("sweep") is not None else run.metrics(),
+        "history": [] if saved_overview(config).sweep else run.metrics(),
     }
 
 
@@ -49,8 +49,9 @@ def overview(run: Run, files: dict[str, Any] | None = None) -> dict[str, Any]:
     best_val_accuracy, test_accuracy, started, ended, duration_seconds, error and uri; from `files` (read(run))
     where the caller has read them already."""
     files = files or read(run)
-    status, config, summary, history = files["status"], files["config"], files["summary"], files["history"]
-    sweep = config.get("sweep") is not None
+    status, summary, history = files["status"], files["summary"], files["history"]
+    saved = saved_overview(files["config"])
+    sweep = saved.sweep
     started = status.get("started")
     best = _best([row.get("val_accuracy") for row in history])
     if sweep and summary.get("metric") == "val_accuracy" and summary.get("best"):
@@ -58,12 +59,12 @@ def overview(run: Run, files: dict[str, Any] | None = None) -> dict[str, Any]:
     return {
         "id": run.id,
         "kind": "sweep" if sweep else "run",
-        "model": formatting.model_name(config.get("model", {})),
-        "dataset": config.get("dataset", {}).get("name", "?"),
+        "model": saved.model,
+        "dataset": saved.dataset,
         "status": observed_status(status),
-        "workers": formatting.workers(config.get("resources", {})),
+        "workers": saved.workers,
         "epochs_done": None if sweep else len(history),
-        "epochs": config.get("trainer", {}).get("epochs"),
+        "epochs": saved.epochs,
         "best_val_accuracy": best,
         "test_accuracy": summary.get("test_accuracy", summary.get("best", {}).get("test_accuracy") if sweep else None),
         "started": started,

@@ -8,6 +8,7 @@ from pathlib import Path
 from dltrain import plots
 from dltrain.cli.options import add_storage_options, run_store
 from dltrain.cli.runs.overview import run_named
+from dltrain.config import saved_overview
 from dltrain.errors import DltrainError
 from dltrain.runs import Run
 
@@ -34,7 +35,7 @@ def write_curves(runs: list[Run], path: Path) -> None:
     """Draw the runs' curves into `path`, which appears whole or not at all."""
     histories = {}
     for selected in runs:
-        if selected.config().get("sweep") is not None:
+        if saved_overview(selected.config()).sweep:
             raise DltrainError(f"{selected.id} is a sweep: its plot is {selected.uri}/plots/trials.png")
         histories[selected.id] = selected.metrics()
         if not histories[selected.id]:

@@ -27,7 +27,7 @@ def _defaults() -> dict[str, Any]:
     from dltrain.__main__ import CONFIG_DIR
 
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return flatten(config.resolve(compose(config_name="config")))
+        return flatten(config.to_mapping(config.resolve(compose(config_name="config"))))
 
 
 def config_changes(saved: dict) -> dict[str, dict[str, Any]]:
