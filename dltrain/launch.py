@@ -1,5 +1,5 @@
 """The driver's entry: open the storage, start a run or a sweep (or resume one) in its folder, and keep the
-driver's log there. A run's own lifecycle is in lifecycle.py, a sweep's in sweep.py."""
+driver's log there. A run's own lifecycle is in lifecycle.py, a sweep's in the sweep package."""
 
 import contextlib
 import logging
@@ -19,7 +19,8 @@ from dltrain.registry import Registry
 from dltrain.runs import Run, RunStore
 from dltrain.stage import remove_left_behind, temporary_name
 from dltrain.storage import Storage, check_storage, open_storage
-from dltrain.sweep import check_trial_models, run_sweep
+from dltrain.sweep.driver import run_sweep
+from dltrain.sweep.trial import check_trial_models
 
 
 def _open_storage(config: StorageConfig) -> Storage:

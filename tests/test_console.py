@@ -20,10 +20,10 @@ from typing import TextIO
 
 import pytest
 
-from dltrain import sweep
 from dltrain.console import Console, progress_line, resolve_mode
 from dltrain.progress import ProgressSender
 from dltrain.stage import remove_left_behind, stage
+from dltrain.sweep import report
 
 from helpers.config import resolved
 
@@ -200,12 +200,12 @@ def test_the_sweep_table_shows_where_each_running_trial_is():
     console = Console("none", io.StringIO(), Clock())
     console.show(_progress(3, 45, run_id="s1-t1"))
     settings = replace(resolved("sweep=asha").sweep, metric="val_accuracy", space={"trainer": {"learning_rate": "x"}})
-    table = sweep.TrialTable("s1", settings, 3)
+    table = report.TrialTable("s1", settings, 3)
     trials = [
         SimpleNamespace(trial_id="t1", status="RUNNING", last_result={"epoch": 2, "val_accuracy": 0.8}, config={}),
         SimpleNamespace(trial_id="t2", status="PENDING", last_result={}, config={}),
     ]
-    with sweep.progress_to("s1", console):  # as run_sweep does while sweep s1 runs
+    with report.progress_to("s1", console):  # as run_sweep does while sweep s1 runs
         lines = table.table(trials).splitlines()
     assert lines[1].split() == ["trial", "status", "epoch", "progress", "val_accuracy", "trainer.learning_rate"]
     assert lines[2].split() == ["t1", "RUNNING", "2", "epoch", "3", "45%", "0.8"]

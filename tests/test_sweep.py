@@ -16,7 +16,7 @@ from dltrain.config import resolve
 from dltrain.data.fashion_mnist import CLASS_NAMES
 from dltrain.errors import DltrainError
 from dltrain.search_space import Dimension, flatten, parse
-from dltrain.sweep import param_space, scheduler, trial_count
+from dltrain.sweep.tune_settings import param_space, scheduler, trial_count
 
 from helpers.config import compose_config
 from helpers.s3server import create_bucket
