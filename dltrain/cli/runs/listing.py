@@ -4,8 +4,9 @@ import argparse
 import itertools
 
 from dltrain import formatting
+from dltrain.cli.cells import moment, number
 from dltrain.cli.options import add_storage_options, run_store
-from dltrain.cli.runs.overview import moment, number, overview
+from dltrain.cli.runs.overview import overview
 from dltrain.errors import DltrainError
 from dltrain.runs import STATUSES, check_run_id
 

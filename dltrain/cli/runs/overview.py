@@ -73,13 +73,3 @@ def overview(run: Run, files: dict[str, Any] | None = None) -> dict[str, Any]:
         "error": status.get("error"),
         "uri": run.uri,
     }
-
-
-def moment(iso: str | None) -> str:
-    """`2026-12-01 15:31` (UTC); `-` when unknown."""
-    return datetime.fromisoformat(iso).strftime("%Y-%m-%d %H:%M") if iso else "-"
-
-
-def number(value: float | None) -> str:
-    """`0.9120`; `-` when unknown."""
-    return "-" if value is None else f"{value:.4f}"

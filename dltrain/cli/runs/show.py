@@ -5,9 +5,9 @@ import argparse
 from typing import Any
 
 from dltrain import formatting
+from dltrain.cli.cells import cell, moment
 from dltrain.cli.options import add_run_command, run_store
-from dltrain.cli.runs.metrics import cell
-from dltrain.cli.runs.overview import moment, overview, read, run_named
+from dltrain.cli.runs.overview import overview, read, run_named
 from dltrain.search_space import flatten
 
 EPOCH_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds", "samples_per_second")
