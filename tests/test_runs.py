@@ -2,6 +2,7 @@
 
 import logging
 import re
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,17 @@ def test_run_ids_are_readable_unique_and_time_sortable():
     ids = [new_run_id() for _ in range(50)]
     assert all(re.fullmatch(r"\d{8}-\d{6}-[0-9a-f]{6}", run_id) for run_id in ids)
     assert len(set(ids)) == 50
+
+
+def test_run_ids_and_status_times_order_by_the_microsecond_without_waiting(store):
+    ids = [new_run_id() for _ in range(50)]
+    assert ids == sorted(ids)  # the second, then the microsecond
+    run = store.create({}, {})
+    times = []
+    for status in ("RUNNING", "STOPPED"):
+        run.set_status(status)
+        times.append(datetime.fromisoformat(run.status()["updated"]))
+    assert times[0] < times[1]
 
 
 def test_relative_storage_paths_become_absolute(tmp_path, monkeypatch):
