@@ -165,16 +165,6 @@ _DATASET_TYPES = {"fashion_mnist": FashionMnistConfig, "image_folder": ImageFold
 _SCHEDULER_TYPES = {"asha": AshaConfig, "median": MedianConfig, "fifo": FifoConfig}
 _SECTIONS = (*_RULES, "model", "resume", "rerun", "sweep")
 
-
-def _defaults(section_type: type) -> dict[str, Any]:
-    """The keys of a section that its config may leave out, and what they then mean: the type's field defaults."""
-    return {
-        field.name: field.default
-        for field in dataclasses.fields(section_type)
-        if field.default is not dataclasses.MISSING
-    }
-
-
 _SWEEP_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "num_samples": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     "metric": (lambda v: v in EPOCH_METRICS, "one of " + ", ".join(EPOCH_METRICS)),
@@ -216,6 +206,15 @@ def _check_keys(section: str, given: dict, allowed: list[str]) -> None:
     for key in allowed:
         if key not in given:
             raise DltrainError(f"{section}.{key} is missing")
+
+
+def _defaults(section_type: type) -> dict[str, Any]:
+    """The keys of a section that its config may leave out, and what they then mean: the type's field defaults."""
+    return {
+        field.name: field.default
+        for field in dataclasses.fields(section_type)
+        if field.default is not dataclasses.MISSING
+    }
 
 
 def import_target(path: str) -> Callable:
@@ -284,14 +283,8 @@ def _typed(job: dict) -> Job:
     """A checked config mapping as a Job."""
     model, dataset, sweep = job["model"], job["dataset"], job["sweep"]
     if sweep is not None:
-        scheduler = sweep["scheduler"]
-        sweep = SweepConfig(
-            **sweep
-            | {
-                "scheduler": _SCHEDULER_TYPES[scheduler["name"]](**scheduler),
-                "search": SearchConfig(**sweep["search"]),
-            }
-        )
+        scheduler = _SCHEDULER_TYPES[sweep["scheduler"]["name"]](**sweep["scheduler"])
+        sweep = SweepConfig(**sweep | {"scheduler": scheduler, "search": SearchConfig(**sweep["search"])})
     return Job(
         model=ModelConfig(
             target=model["_target_"], hyperparameters={key: value for key, value in model.items() if key != "_target_"}
