@@ -174,7 +174,7 @@ def test_concurrent_registrations_and_the_commands_on_s3(completed_run, s3_sessi
     config = StorageConfig(uri=f"s3://{bucket}/runs", endpoint_url=server.endpoint_url)
     got = _race(config, completed_run.name)
     assert sorted(got) == list(range(1, RACERS + 1))
-    options = ["--storage", config["uri"], "--endpoint-url", server.endpoint_url]
+    options = ["--storage", config.uri, "--endpoint-url", server.endpoint_url]
     aliased = _dltrain("models", "alias", "racing", "3", "production", *options)
     assert aliased.stdout == "racing@production -> version 3\n", aliased.stderr
     shown = json.loads(_dltrain("models", "show", "racing", "--json", *options).stdout)

@@ -112,7 +112,7 @@ def test_s3_mistakes_fail_in_seconds_in_one_line(s3_session_server, s3_outages, 
     bucket = create_bucket(server)
     env = _env(server, tmp_path)
     wrong_key = {**env, "AWS_SECRET_ACCESS_KEY": "not-the-secret"}
-    proxied = ["storage=s3", f"storage.endpoint_url={s3_outages.endpoint_url}", "storage.retry_seconds=45"]
+    proxied = ["storage=s3", f"storage.endpoint_url={s3_outages.endpoint_url}", "storage.retry_seconds=90"]
     cases = [
         ([*proxied, "storage.uri=s3://no-such-bucket/runs"], env, "bucket 'no-such-bucket' does not exist at",
          ["HEAD /no-such-bucket"]),
@@ -123,7 +123,7 @@ def test_s3_mistakes_fail_in_seconds_in_one_line(s3_session_server, s3_outages, 
     ]  # fmt: skip
     for args, case_env, message, requests in cases:
         asked = len(s3_outages.requests)
-        outage = s3_outages.down_now(45) if message.startswith("cannot reach") else None
+        outage = s3_outages.down_now(90) if message.startswith("cannot reach") else None
         result = _dltrain(*args, env=case_env, timeout=120)
         error = result.stderr.strip()
         assert result.returncode == 2, error
