@@ -16,8 +16,8 @@ import ray
 from ray.util.placement_group import placement_group, remove_placement_group
 
 from dltrain import ray_private
-from dltrain.config import worker_range
 from dltrain.errors import DltrainError
+from dltrain.job import ResourcesConfig
 
 TRIAL_CPUS = 0.01  # what a sweep's trial (which only starts its workers) reserves; Tune refuses 0
 _POLL_S = 1.0  # how often the wait looks at the placement group and the autoscaler's report
@@ -51,16 +51,18 @@ def autoscaled(embedded: bool) -> bool:
     return ray_private.autoscaler_report() is not None
 
 
-def worker_resources(resources: dict, autoscaling: bool, trials_at_once: int | None = None) -> dict[str, float]:
+def worker_resources(
+    resources: ResourcesConfig, autoscaling: bool, trials_at_once: int | None = None
+) -> dict[str, float]:
     """Ray resources for one worker of a run, or of one of a sweep's `trials_at_once` trials sharing the cluster.
 
     With resources.cpus_per_worker null, CPU workers share the CPUs of the nodes up (Ray caps each worker's threads
     at its CPUs) and GPU workers take one CPU each, less when there are fewer; trials share equally, each keeping
     TRIAL_CPUS for itself. On an `autoscaling` cluster, whose nodes come with the runs, every worker takes 1 CPU.
     """
-    workers, use_gpu = resources["num_workers"], resources["use_gpu"]
-    if resources["cpus_per_worker"]:
-        cpus = resources["cpus_per_worker"]
+    workers, use_gpu = resources.num_workers, resources.use_gpu
+    if resources.cpus_per_worker:
+        cpus = resources.cpus_per_worker
     elif autoscaling:
         cpus = 1.0
     else:
@@ -87,16 +89,16 @@ def _has(per_worker: dict[str, float]) -> str:
     return describe_amounts({name: sum(node.get(name, 0) for node in nodes) for name in per_worker})
 
 
-def ensure_capacity(resources: dict, per_worker: dict[str, float], wait_s: float, autoscaling: bool) -> None:
+def ensure_capacity(resources: ResourcesConfig, per_worker: dict[str, float], wait_s: float, autoscaling: bool) -> None:
     """Return once the cluster's nodes can hold a run's workers (an elastic run's min_workers) of `per_worker`;
     DltrainError in one line where they never will: at once without an autoscaler, when the autoscaler finds the
     demand infeasible, or after `wait_s` (ray.wait_for_workers_s)."""
-    workers = worker_range(resources)[0]
+    workers = resources.worker_range[0]
     if _slots(_nodes(), per_worker) >= workers:
         return
     if not autoscaling:
         gpu_hint = "use resources=cpu or resources.use_gpu=false"
-        hint = gpu_hint if resources["use_gpu"] else "lower resources.cpus_per_worker"
+        hint = gpu_hint if resources.use_gpu else "lower resources.cpus_per_worker"
         raise DltrainError(
             f"resources need {describe_demand(workers, per_worker)}; this Ray cluster has {_has(per_worker)} and "
             f"cannot scale: {hint}, or add nodes"

@@ -19,8 +19,8 @@ from ray.train.v2._internal.execution.controller.state import RunningState
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from dltrain.capacity import describe_amounts, describe_demand
-from dltrain.config import worker_range
 from dltrain.errors import DltrainError
+from dltrain.job import Job
 from dltrain.stage import temporary_name
 from dltrain.storage import Storage
 
@@ -79,16 +79,16 @@ def _known_address() -> Iterator[None]:
         yield
 
 
-def trains_in_driver(job: dict) -> bool:
+def trains_in_driver(job: Job) -> bool:
     """Whether a run trains in the driver's own process (Ray Train's local mode, `resources.local_mode`), with no
     Ray started: by default (auto) a run of one CPU worker, not a sweep's, when no cluster is given and this
     process is not already connected to a Ray (a notebook's `ray.init()`, a test's cluster)."""
-    resources = job["resources"]
-    if resources["local_mode"] != "auto":
-        return resources["local_mode"]
-    one_cpu_worker = worker_range(resources) == (1, 1) and not resources["use_gpu"]
-    cluster_given = job["ray"]["address"] or os.environ.get("RAY_ADDRESS") or ray.is_initialized()
-    return one_cpu_worker and job["sweep"] is None and not cluster_given
+    resources = job.resources
+    if resources.local_mode != "auto":
+        return resources.local_mode
+    one_cpu_worker = resources.worker_range == (1, 1) and not resources.use_gpu
+    cluster_given = job.ray.address or os.environ.get("RAY_ADDRESS") or ray.is_initialized()
+    return one_cpu_worker and job.sweep is None and not cluster_given
 
 
 @contextlib.contextmanager

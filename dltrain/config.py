@@ -1,9 +1,14 @@
-"""Validate the composed Hydra config and resolve it into the plain dict that the driver and workers use.
+"""Validate the composed Hydra config and resolve it into the typed Job (job.py) that the driver and workers use;
+and a Job as the plain mapping a run's config.yaml saves, which resume=, rerun= and a sweep's trials read back.
 
 Strict: an unknown key or a bad value raises DltrainError naming the key, the value and what is allowed,
-before anything starts.
+before anything starts. The checks run on the plain mapping, with dltrain's own one-line messages; only a mapping
+that passes them becomes a Job (plain frozen dataclasses: no schema library stands between the user and those
+messages).
 """
 
+import copy
+import dataclasses
 import importlib
 import inspect
 import math
@@ -14,11 +19,26 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-from dltrain import search_space
+from dltrain import formatting, search_space
 from dltrain.data import DATASETS
 from dltrain.errors import DltrainError
 from dltrain.frameworks import FRAMEWORKS
-from dltrain.storage import DEFAULT_RETRY_SECONDS
+from dltrain.job import (
+    AshaConfig,
+    FashionMnistConfig,
+    FifoConfig,
+    FrameworkConfig,
+    ImageFolderConfig,
+    Job,
+    MedianConfig,
+    ModelConfig,
+    RayConfig,
+    ResourcesConfig,
+    SearchConfig,
+    StorageConfig,
+    SweepConfig,
+    TrainerConfig,
+)
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 LR_SCHEDULES = ("constant", "cosine")
@@ -27,8 +47,6 @@ PROGRESS_MODES = ("auto", "bar", "lines", "epochs", "none")  # how the console s
 EPOCH_METRICS = ("val_accuracy", "val_loss", "accuracy", "loss")  # what every epoch reports, so what a sweep ranks
 SCHEDULERS = ("asha", "median", "fifo")
 SEARCH_ALGORITHMS = ("random", "grid", "bayes")
-# How long a run waits for its workers to be placed before it fails: an autoscaler's new GPU node takes minutes.
-DEFAULT_WAIT_FOR_WORKERS_S = 600
 SEARCHABLE = ("model", "trainer", "dataset")  # sections a sweep may vary; resources and storage are per sweep
 MAX_SEED = 2**32 - 1  # NumPy's and TensorFlow's seeds are unsigned 32-bit integers
 MAX_IMAGE_SIZE = 1024  # pixels per side: a batch of 128 RGB images of 1024x1024 is 1.6 GB of float32 already
@@ -147,17 +165,16 @@ _DATASET_RULES: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
         **_AUGMENTATION,
     },
 }
-# Keys a config group option may leave out, and what they then mean (storage=local has no S3 settings).
-_DEFAULTS = {
-    "storage": {"endpoint_url": None, "region": None, "create_bucket": False, "retry_seconds": DEFAULT_RETRY_SECONDS},
-    "resources": {"min_workers": None, "local_mode": "auto"},
-    "ray": {"wait_for_workers_s": DEFAULT_WAIT_FOR_WORKERS_S},
+# The type each section (and each kind of data set and scheduler) becomes once its checks have passed.
+_TYPES = {
+    "trainer": TrainerConfig,
+    "resources": ResourcesConfig,
+    "storage": StorageConfig,
+    "framework": FrameworkConfig,
+    "ray": RayConfig,
 }
-# dataset.name -> keys its configs saved by older versions lack
-_DATASET_DEFAULTS = {
-    "fashion_mnist": {"classes": None, "per_class": None},
-    "image_folder": {"allow_outside_paths": False},
-}
+_DATASET_TYPES = {"fashion_mnist": FashionMnistConfig, "image_folder": ImageFolderConfig}
+_SCHEDULER_TYPES = {"asha": AshaConfig, "median": MedianConfig, "fifo": FifoConfig}
 _SECTIONS = (*_RULES, "model", "resume", "rerun", "sweep")
 
 _SWEEP_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
@@ -201,6 +218,15 @@ def _check_keys(section: str, given: dict, allowed: list[str]) -> None:
     for key in allowed:
         if key not in given:
             raise DltrainError(f"{section}.{key} is missing")
+
+
+def _defaults(section_type: type) -> dict[str, Any]:
+    """The keys of a section that its config may leave out, and what they then mean: the type's field defaults."""
+    return {
+        field.name: field.default
+        for field in dataclasses.fields(section_type)
+        if field.default is not dataclasses.MISSING
+    }
 
 
 def import_target(path: str, key: str = "model._target_") -> Callable:
@@ -258,21 +284,21 @@ def _check_callbacks(callbacks: dict) -> None:
                                "keras.callbacks.Callback)")  # fmt: skip
 
 
-def check(job: dict) -> None:
-    """Check a whole config, as resolve() does: for the saved config a resume or rerun starts from."""
-    _check_job(job)
-    if job["sweep"] is not None:
-        _check_sweep(job)
-
-
-def resolve(cfg: DictConfig) -> dict:
-    """Validate the composed config and return it as a plain dict with every interpolation resolved."""
+def resolve(cfg: DictConfig) -> Job:
+    """Validate the composed config, with every interpolation resolved, into a Job."""
     try:
-        job = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+        mapping = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     except MissingMandatoryValue as error:
         raise DltrainError(f"{error.full_key} is required: set {error.full_key}=...") from error
     except Exception as error:  # OmegaConf raises several types for bad interpolations
         raise DltrainError(f"config cannot be resolved: {str(error).splitlines()[0]}") from error
+    return from_mapping(mapping)
+
+
+def from_mapping(mapping: dict) -> Job:
+    """Check a plain config mapping (a composed config, or one a run saved) and return it as a Job; the local
+    paths in it made absolute."""
+    job = copy.deepcopy(mapping)
     job.setdefault("sweep", None)  # the sweep group is chosen only for sweeps
     _check_keys("config", job, list(_SECTIONS))
     for key in ("resume", "rerun"):
@@ -283,14 +309,102 @@ def resolve(cfg: DictConfig) -> dict:
     for section in _RULES:
         if not isinstance(job[section], dict):
             raise DltrainError(f"{section} must be a mapping, got {job[section]!r}")
-        job[section] = _DEFAULTS.get(section, {}) | job[section]
-    job["dataset"] = _DATASET_DEFAULTS.get(job["dataset"].get("name"), {}) | job["dataset"]
-    check(job)
+        if section in _TYPES:
+            job[section] = _defaults(_TYPES[section]) | job[section]
+    if (dataset_type := _DATASET_TYPES.get(job["dataset"].get("name"))) is not None:
+        job["dataset"] = _defaults(dataset_type) | job["dataset"]
+    _check_job(job)
+    if job["sweep"] is not None:
+        _check_sweep(job)
     job["dataset"]["path"] = _absolute(job["dataset"]["path"])
     if job["dataset"].get("manifest"):
         job["dataset"]["manifest"] = _absolute(job["dataset"]["manifest"])
     job["storage"]["uri"] = _absolute(job["storage"]["uri"])
-    return job
+    return _typed(job)
+
+
+def _typed(job: dict) -> Job:
+    """A checked config mapping as a Job."""
+    model, dataset, sweep = job["model"], job["dataset"], job["sweep"]
+    if sweep is not None:
+        scheduler = _SCHEDULER_TYPES[sweep["scheduler"]["name"]](**sweep["scheduler"])
+        sweep = SweepConfig(**sweep | {"scheduler": scheduler, "search": SearchConfig(**sweep["search"])})
+    return Job(
+        model=ModelConfig(
+            target=model["_target_"], hyperparameters={key: value for key, value in model.items() if key != "_target_"}
+        ),
+        dataset=_DATASET_TYPES[dataset["name"]](**dataset),
+        sweep=sweep,
+        resume=job["resume"],
+        rerun=job["rerun"],
+        **{section: section_type(**job[section]) for section, section_type in _TYPES.items()},
+    )
+
+
+def to_mapping(job: Job) -> dict[str, Any]:
+    """`job` as the plain nested mapping that a run's config.yaml saves: the composed config's keys and values."""
+    mapping = {field.name: getattr(job, field.name) for field in dataclasses.fields(job)}
+    for section, value in mapping.items():
+        if dataclasses.is_dataclass(value):
+            mapping[section] = dataclasses.asdict(value)
+    mapping["model"] = {"_target_": job.model.target, **copy.deepcopy(job.model.hyperparameters)}
+    if job.sweep is None:  # where resolve adds it when Hydra composed no sweep group: last
+        mapping["sweep"] = mapping.pop("sweep")
+    return mapping
+
+
+def trial_job(job: Job, values: dict[str, Any]) -> Job:
+    """The job of one of the sweep `job`'s trials, which gives each dotted key in `values` its value (a run of its
+    own: no sweep, resume or rerun), checked as resolve checks a job; KeyError names a key that does not exist."""
+    mapping = search_space.assign(to_mapping(job), values) | {"sweep": None, "resume": None, "rerun": None}
+    return from_mapping(mapping)
+
+
+def completed_config(saved: dict, defaults: dict) -> dict:
+    """A run's saved config, with the keys dltrain has gained since it was saved taken from `defaults` (whose
+    values for new keys keep the old behaviour); a model's keys only from defaults for the same builder."""
+    completed = defaults | saved
+    for section, keys in defaults.items():
+        same_model = section != "model" or keys.get("_target_") == saved.get("model", {}).get("_target_")
+        if isinstance(keys, dict) and isinstance(saved.get(section), dict) and same_model:
+            completed[section] = keys | saved[section]
+    return completed
+
+
+def from_saved(saved: dict, current: Job, **changes: str | None) -> Job:
+    """The Job of a run's saved config (resume=, rerun=): the keys dltrain has gained since it was saved from
+    `current`, and so are the storage and Ray settings (the saved config holds no credentials); then `changes`
+    (resume, rerun); checked as resolve checks a job."""
+    now = to_mapping(current)
+    return from_mapping(completed_config(saved, now) | {"storage": now["storage"], "ray": now["ray"], **changes})
+
+
+@dataclasses.dataclass(frozen=True)
+class SavedOverview:
+    """What the run listings show of a saved config.yaml, which an older dltrain may have saved with fewer keys."""
+
+    model: str  # ModelConfig.short_name, `?` without a builder
+    dataset: str  # the data set's name, `?` if none
+    workers: str  # "4", or "2-4" for an elastic run
+    epochs: int | None
+    sweep: bool  # whether the config is a sweep's
+
+
+def saved_overview(saved: dict) -> SavedOverview:
+    """The overview of a saved config (`{}` for a run folder without one)."""
+    model, resources = saved.get("model", {}), saved.get("resources", {})
+    most = resources.get("num_workers", "?")
+    fewest = resources.get("min_workers") or most
+    return SavedOverview(
+        model=ModelConfig(
+            target=model.get("_target_", "?"),
+            hyperparameters={key: value for key, value in model.items() if key != "_target_"},
+        ).short_name,
+        dataset=saved.get("dataset", {}).get("name", "?"),
+        workers=formatting.workers(fewest, most),
+        epochs=saved.get("trainer", {}).get("epochs"),
+        sweep=saved.get("sweep") is not None,
+    )
 
 
 def _absolute(location: str | None) -> str | None:
@@ -299,11 +413,6 @@ def _absolute(location: str | None) -> str | None:
     if location is None or ("://" in location and not location.startswith("file://")):
         return location
     return str(Path(location.removeprefix("file://")).expanduser().absolute())
-
-
-def worker_range(resources: dict) -> tuple[int, int]:
-    """(fewest, most) workers of a run: (num_workers, num_workers) unless elastic (resources.min_workers)."""
-    return resources["min_workers"] or resources["num_workers"], resources["num_workers"]
 
 
 def _check_job(job: dict) -> None:
@@ -326,7 +435,8 @@ def _check_job(job: dict) -> None:
     if dataset["shift"] >= size:
         raise DltrainError(f"dataset.shift={dataset['shift']} is invalid: expected an integer from 0 to {size - 1} "
                            f"(pixels: the images are {size}x{size})")  # fmt: skip
-    least = worker_range(resources)[0]
+    worker_range = ResourcesConfig(**resources).worker_range
+    least = worker_range[0]
     if least > resources["num_workers"]:
         raise DltrainError(
             f"resources.min_workers={least} exceeds resources.num_workers={resources['num_workers']}: "
@@ -345,7 +455,7 @@ def _check_job(job: dict) -> None:
             f"an elastic run (resources.min_workers={least} to num_workers={resources['num_workers']}) splits the "
             "global batch evenly over however many it has"
         )
-    if resources["local_mode"] is True and worker_range(resources) != (1, 1):
+    if resources["local_mode"] is True and worker_range != (1, 1):
         raise DltrainError(
             f"resources.local_mode=true trains in the driver's process, one worker: resources.num_workers="
             f"{resources['num_workers']} (min_workers={resources['min_workers']}) needs local_mode=auto or false"

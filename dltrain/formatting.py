@@ -18,17 +18,9 @@ def duration(seconds: float | None) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
-def model_name(model: dict) -> str:
-    """`cnn` for a model config whose builder is dltrain.models.cnn.build_cnn: its name without build_; with the
-    model's own `name` where it has one (`backbone mobilenet_v2`)."""
-    builder = model.get("_target_", "?").rsplit(".", 1)[-1].removeprefix("build_")
-    return f"{builder} {model['name']}" if isinstance(model.get("name"), str) else builder
-
-
-def workers(resources: dict) -> str:
+def workers(fewest: int | str, most: int | str) -> str:
     """ "4", or "2-4" for an elastic run (one with resources.min_workers)."""
-    least, most = resources.get("min_workers"), resources.get("num_workers", "?")
-    return f"{least}-{most}" if least not in (None, most) else str(most)
+    return f"{fewest}-{most}" if fewest != most else str(most)
 
 
 def table(header: list[str], rows: list[list[str]], indent: str = "") -> list[str]:

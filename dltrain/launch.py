@@ -1,5 +1,5 @@
 """The driver's entry: open the storage, start a run or a sweep (or resume one) in its folder, and keep the
-driver's log there. A run's own lifecycle is in lifecycle.py, a sweep's in sweep.py."""
+driver's log there. A run's own lifecycle is in lifecycle.py, a sweep's in the sweep package."""
 
 import contextlib
 import logging
@@ -8,9 +8,11 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from dltrain import capacity, cluster, config, formatting, frameworks, lifecycle, search_space, sweep, worker
+from dltrain import capacity, cluster, config, formatting, lifecycle, search_space, worker
 from dltrain.console import Console, EpochRelay
+from dltrain.data.dataset import DataSet
 from dltrain.errors import DltrainError
+from dltrain.job import Job, StorageConfig
 from dltrain.logs import scrubbing
 from dltrain.provenance import provenance
 from dltrain.redaction import Scrubber, redacted_paths
@@ -18,11 +20,12 @@ from dltrain.references import named_run
 from dltrain.runs import Run, RunStore, check_not_live
 from dltrain.stage import remove_left_behind, temporary_name
 from dltrain.storage import Storage, check_storage, open_storage
+from dltrain.sweep.driver import run_sweep
+from dltrain.sweep.trial import check_trial_models
 
 
-def _open_storage(settings: dict) -> Storage:
-    """The storage `settings` (a `storage` section) name, checked, with the final statuses this machine kept for it
-    written."""
+def _open_storage(settings: StorageConfig) -> Storage:
+    """The storage `settings` name, checked, with the final statuses this machine kept for it written."""
     try:
         check_storage(settings)
         storage = open_storage(settings)
@@ -32,7 +35,7 @@ def _open_storage(settings: dict) -> Storage:
         raise DltrainError(f"storage: {error}") from error
 
 
-def train(job: dict, driver_log: Path | None = None, overrides: list[str] | None = None) -> dict:
+def train(job: Job, driver_log: Path | None = None, overrides: list[str] | None = None) -> dict:
     """Run one training job, or a sweep of them, end to end (or resume one, or rerun one's config) and return its
     summary; its folder records everything.
 
@@ -40,50 +43,45 @@ def train(job: dict, driver_log: Path | None = None, overrides: list[str] | None
     `overrides`, the command line's key=value arguments, go into the run's provenance.json.
     """
     remove_left_behind()  # by drivers and workers on this machine that were killed
-    storage = _open_storage(job["storage"])
-    if job["rerun"]:
-        original = _run_named("rerun", job["rerun"], storage)
-        _check_rerun_overrides(job["rerun"], overrides or [], redacted_paths(original.config()))
+    storage = _open_storage(job.storage)
+    if job.rerun:
+        original = _run_named("rerun", job.rerun, storage)
+        _check_rerun_overrides(job.rerun, overrides or [], redacted_paths(original.config()))
         # A new run of the original's saved config; the storage and Ray settings come from this command.
-        saved = _repeatable("rerun", job["rerun"], completed_config(original.config(), job), job)
-        job = saved | {"storage": job["storage"], "ray": job["ray"], "resume": None, "rerun": original.id}
-    run = _run_named("resume", job["resume"], storage) if job["resume"] else None
+        job = _repeatable("rerun", job.rerun, original.config(), job, resume=None, rerun=original.id)
+    run = _run_named("resume", job.resume, storage) if job.resume else None
     if run is not None:
         record = run.status()
         status = record["status"]
-        saved = completed_config(run.config(), job)
-        kind = "sweep" if saved["sweep"] else "run"
         if status == "COMPLETED":
+            kind = "sweep" if config.saved_overview(run.config()).sweep else "run"
             print(f"dltrain: {kind} {run.id} is already COMPLETED; nothing to resume -> {run.uri}", flush=True)
             return run.summary()
-        saved = _repeatable("resume", run.id, saved, job)
+        # The saved config holds no credentials: the storage and Ray settings come from this command.
+        job = _repeatable("resume", run.id, run.config(), job, resume=run.id, rerun=None)
         try:
             check_not_live(run.id, record)  # at once, before the checks; claiming it below makes sure
         except ValueError as error:
             raise DltrainError(f"resume={run.id}: {error}") from None
-        # The saved config holds no credentials: the storage and Ray settings come from this command.
-        job = saved | {"storage": job["storage"], "ray": job["ray"], "resume": run.id}
-    kind = "sweep" if job["sweep"] else "run"
-    job = job | {"data": lifecycle.check_data(job)}  # for the workers, not saved with the config
-    if not cluster.trains_in_driver(job):
-        frameworks.backend(job["framework"]["name"]).use_cpu_only()  # the driver's model check leaves the GPUs
-    parameters = lifecycle.check_model(job, driver_log)
-    if job["sweep"]:
-        sweep.check_trial_models(job, driver_log)
+    kind = "sweep" if job.sweep else "run"
+    data = lifecycle.check_data(job)  # for the workers, beside the job: what the driver found, not config
+    parameters = lifecycle.check_model(job, data, driver_log)
+    if job.sweep:
+        check_trial_models(job, data, driver_log)
+    scrub = Scrubber(config.to_mapping(job))  # what the saved config hides, kept out of the logs and errors too
     if run is None:
-        record = provenance(job, overrides or [], job["rerun"])
-        run = RunStore(storage).create(job, worker.versions(job["framework"]["name"]), provenance=record)
-        rerun = f" (a rerun of {job['rerun']})" if job["rerun"] else ""
+        record = provenance(data, overrides or [], scrub, job.rerun)
+        run = RunStore(storage).create(config.to_mapping(job), worker.versions(job.framework.name), provenance=record)
+        rerun = f" (a rerun of {job.rerun})" if job.rerun else ""
         print(f"dltrain: {kind} {run.id}{rerun} -> {run.uri}", flush=True)
     else:
         _claim(run)
         run.clear_stop_request()
         print(f"dltrain: resuming {kind} {run.id} ({status}) from its latest checkpoint -> {run.uri}", flush=True)
-    scrub = Scrubber(job)  # what the saved config hides, kept out of the logs and errors too
     with run.heartbeat(), _logging_to(driver_log, run, scrub):  # PENDING while Ray starts, then RUNNING: a live driver
-        if job["sweep"]:
-            return sweep.run_sweep(job, run, resuming=job["resume"] is not None)
-        return _run(job, run, parameters, scrub)
+        if job.sweep:
+            return run_sweep(job, data, run, resuming=job.resume is not None)
+        return _run(job, data, run, parameters, scrub)
 
 
 def _claim(run: Run) -> None:
@@ -92,17 +90,6 @@ def _claim(run: Run) -> None:
         run.claim()
     except ValueError as error:
         raise DltrainError(f"resume={run.id}: {error}") from None
-
-
-def completed_config(saved: dict, defaults: dict) -> dict:
-    """A run's saved config, with the keys dltrain has gained since it was saved taken from `defaults` (whose
-    values for new keys keep the old behaviour); a model's keys only from defaults for the same builder."""
-    completed = defaults | saved
-    for section, keys in defaults.items():
-        same_model = section != "model" or keys.get("_target_") == saved.get("model", {}).get("_target_")
-        if isinstance(keys, dict) and isinstance(saved.get(section), dict) and same_model:
-            completed[section] = keys | saved[section]
-    return completed
 
 
 def _check_rerun_overrides(run_id: str, overrides: list[str], redacted: list[str]) -> None:
@@ -118,13 +105,13 @@ def _check_rerun_overrides(run_id: str, overrides: list[str], redacted: list[str
             )
 
 
-def _repeatable(key: str, run_id: str, saved: dict, current: dict) -> dict:
-    """`saved`, a run's saved config, with the values its redaction hid (***) taken from this command's config
-    `current`, and checked as a command's config is (a config.yaml may have been edited since); DltrainError naming
-    the keys this command does not give, or what the check refuses."""
-    restored, missing = saved, []
+def _repeatable(key: str, run_id: str, saved: dict, current: Job, **changes: str | None) -> Job:
+    """The Job of `saved`, a run's saved config (config.from_saved), with the values its redaction hid (***) taken
+    from this command's job `current`, and checked as a command's config is (a config.yaml may have been edited
+    since); DltrainError naming the keys this command does not give, or what the check refuses."""
+    restored, missing, given = saved, [], config.to_mapping(current)
     for path in redacted_paths(saved):
-        value = current
+        value = given
         for part in path.split("."):
             value = value.get(part) if isinstance(value, dict) else None
         if value is None or redacted_paths({"value": value}):
@@ -138,10 +125,9 @@ def _repeatable(key: str, run_id: str, saved: dict, current: dict) -> dict:
             "whole: '+trainer.callbacks.NAME={_target_: ..., ...}')"
         )
     try:
-        config.check(restored)
+        return config.from_saved(restored, current, **changes)
     except DltrainError as error:
         raise DltrainError(f"{key}={run_id}: its saved config: {error}") from None
-    return restored
 
 
 def _run_named(key: str, run_id: str, storage: Storage) -> Run:
@@ -178,25 +164,25 @@ def _logging_to(driver_log: Path | None, run: Run, scrub: Scrubber) -> Iterator[
             print(f"dltrain: the driver log stays in {kept}: {error}", file=sys.stderr, flush=True)
 
 
-def _run(job: dict, run: Run, parameters: int, scrub: Scrubber) -> dict:
+def _run(job: Job, data: DataSet, run: Run, parameters: int, scrub: Scrubber) -> dict:
     if cluster.trains_in_driver(job):
-        with lifecycle.recorded(run, scrub), Console(job["trainer"]["progress"], in_process=True) as console:
+        with lifecycle.recorded(run, scrub), Console(job.trainer.progress, in_process=True) as console:
             print(f"dltrain: {parameters:,} parameters; 1 worker, in this process (resources.local_mode)", flush=True)
-            trainer = worker.DriverTrainer(job, run, console.handle, console.shows_progress)
+            trainer = worker.DriverTrainer(job, data, run, console.handle, console.shows_progress)
             summary = lifecycle.execute(job, run, trainer)
     else:
-        with lifecycle.recorded(run, scrub), cluster.ray_connection(job["ray"]["address"]) as embedded:
+        with lifecycle.recorded(run, scrub), cluster.ray_connection(job.ray.address) as embedded:
             autoscaling = capacity.autoscaled(embedded)
-            per_worker = capacity.worker_resources(job["resources"], autoscaling)
+            per_worker = capacity.worker_resources(job.resources, autoscaling)
             with lifecycle.terminate_as_interrupt():
-                capacity.ensure_capacity(job["resources"], per_worker, job["ray"]["wait_for_workers_s"], autoscaling)
-            cluster.check_paths_on_nodes(job["data"].shared_path, run.storage)
-            print(f"dltrain: {parameters:,} parameters; {formatting.workers(job['resources'])} worker(s) x "
-                  f"{per_worker}")  # fmt: skip
-            with Console(job["trainer"]["progress"]) as console:
-                relay = EpochRelay(console.handle, run.id, job["trainer"]["epochs"])
+                capacity.ensure_capacity(job.resources, per_worker, job.ray.wait_for_workers_s, autoscaling)
+            cluster.check_paths_on_nodes(data.shared_path, run.storage)
+            print(f"dltrain: {parameters:,} parameters; {formatting.workers(*job.resources.worker_range)} worker(s) "
+                  f"x {per_worker}")  # fmt: skip
+            with Console(job.trainer.progress) as console:
+                relay = EpochRelay(console.handle, run.id, job.trainer.epochs)
                 progress_to = console.handle if console.shows_progress else None  # else rank 0 sends nothing
-                trainer = lifecycle.ray_trainer(job, run, per_worker, [relay], progress_to)
+                trainer = lifecycle.ray_trainer(job, data, run, per_worker, [relay], progress_to)
                 summary = lifecycle.execute(job, run, trainer)
     if summary["status"] == "STOPPED":
         print(f"dltrain: run {run.id} STOPPED: {summary['error']}; resume={run.id} continues it -> {run.uri}")

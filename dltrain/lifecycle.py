@@ -14,15 +14,16 @@ from typing import Any
 import ray.train
 from ray.actor import ActorHandle
 
-from dltrain import cluster, formatting, plots, worker
-from dltrain.config import worker_range
+from dltrain import cluster, frameworks, plots, worker
 from dltrain.data import describe
 from dltrain.data.dataset import DataSet
 from dltrain.data.idx import IdxError
 from dltrain.errors import DltrainError
+from dltrain.job import Job
 from dltrain.logs import output_to
 from dltrain.redaction import scrub_urls
 from dltrain.retrying_fs import unavailable_in
+from dltrain.run_context import RunContext
 from dltrain.runs import FINAL_STATUS_WINDOWS, Run, StatusPending
 
 log = logging.getLogger("dltrain")
@@ -30,28 +31,30 @@ log = logging.getLogger("dltrain")
 INTERRUPT_WAIT_S = 120  # training in the driver stops at its next step: a step, or a validation pass, at most
 
 
-def check_data(job: dict) -> DataSet:
+def check_data(job: Job) -> DataSet:
     """Locate (download or prepare if needed) and verify the data set before any worker starts; say what was
     skipped or dropped."""
     try:
-        data = describe(job["dataset"], job["storage"], job["trainer"]["seed"])
+        data = describe(job.dataset, job.storage, job.trainer.seed)
     except (OSError, IdxError, ValueError) as error:
         raise DltrainError(f"dataset: {error}") from error
     for note in data.notes:
         print(f"dltrain: dataset: {note}", flush=True)
-    if data.sizes["train"] < job["trainer"]["batch_size"]:
+    if data.sizes["train"] < job.trainer.batch_size:
         raise DltrainError(f"dataset: {data.sizes['train']} training samples, fewer than one global batch "
-                           f"(trainer.batch_size={job['trainer']['batch_size']})")  # fmt: skip
+                           f"(trainer.batch_size={job.trainer.batch_size})")  # fmt: skip
     return data
 
 
-def check_model(job: dict, driver_log: Path | None) -> int:
-    """Build the model once so that a bad hyperparameter fails now; returns its parameter count."""
-    data = job["data"]
+def check_model(job: Job, data: DataSet, driver_log: Path | None) -> int:
+    """Build the model for the data set `data` once, so that a bad hyperparameter fails now; returns its parameter
+    count. A driver that does not train builds it on the CPU, leaving the GPUs to its workers."""
     # TensorFlow's device probing writes native lines to stderr: they belong in the driver log.
     with output_to(driver_log, fds=(2,)) if driver_log else contextlib.nullcontext():
+        if not cluster.trains_in_driver(job):
+            frameworks.backend(job.framework.name).use_cpu_only()
         try:
-            model = worker.build_model(job["model"], data.input_shape, len(data.class_names), job["storage"])
+            model = worker.build_model(job.model, data.input_shape, len(data.class_names), job.storage)
         except (TypeError, ValueError) as error:
             raise DltrainError(f"model: {error}") from error
     return model.count_params()
@@ -163,12 +166,12 @@ def _final_status(run: Run, status: str, error: str) -> None:
         print(f"dltrain: warning: {pending}", file=sys.stderr, flush=True)
 
 
-def execute(job: dict, run: Run, fittable: Any) -> dict:
+def execute(job: Job, run: Run, fittable: Any) -> dict:
     """Train `job` into `run` with `fittable` (`ray_trainer` or a DriverTrainer), mark it RUNNING then COMPLETED
     (or STOPPED, when `dltrain runs stop` asked it to stop), and return its summary."""
     started = time.time()
     run.set_status("RUNNING")
-    with run.heartbeat(), cluster.controller_settings(job["ray"]["wait_for_workers_s"]):
+    with run.heartbeat(), cluster.controller_settings(job.ray.wait_for_workers_s):
         fit(fittable)
     if (request := run.stop_request()) and not run.has_final_model():
         epochs = len(run.metrics())
@@ -182,7 +185,7 @@ def execute(job: dict, run: Run, fittable: Any) -> dict:
         **run.test_metrics(),
         "test_accuracy_per_class": plots.per_class_accuracy(confusion["matrix"], confusion["class_names"]),
         "epochs": len(history),
-        "num_workers": job["resources"]["num_workers"],
+        "num_workers": job.resources.num_workers,
         "wall_seconds": round(time.time() - started, 1),
     }
     _plot(run, job, history, confusion)
@@ -193,19 +196,24 @@ def execute(job: dict, run: Run, fittable: Any) -> dict:
 
 
 def ray_trainer(
-    job: dict, run: Run, per_worker: dict, callbacks: list[ray.train.UserCallback], console: ActorHandle | None
+    job: Job,
+    data: DataSet,
+    run: Run,
+    per_worker: dict,
+    callbacks: list[ray.train.UserCallback],
+    console: ActorHandle | None,
 ) -> Any:
-    """Ray Train workers of `per_worker` resources for `job` on the connected Ray, which fail the run once they
-    cannot be placed for ray.wait_for_workers_s; rank 0 sends its progress to the `console` queue actor, if any."""
-    waiting = cluster.WaitForWorkers(
-        job["ray"]["wait_for_workers_s"], run.id, worker_range(job["resources"])[0], per_worker
-    )
-    return worker.make_trainer(job, run, per_worker, [*callbacks, waiting], console)
+    """Ray Train workers of `per_worker` resources for `job` on the data set `data`, on the connected Ray, which
+    fail the run once they cannot be placed for ray.wait_for_workers_s; rank 0 sends its progress to the `console`
+    queue actor, if any."""
+    waiting = cluster.WaitForWorkers(job.ray.wait_for_workers_s, run.id, job.resources.worker_range[0], per_worker)
+    context = RunContext(run.id, data, console)
+    return worker.make_trainer(job, context, run, per_worker, [*callbacks, waiting])
 
 
-def _plot(run: Run, job: dict, history: list[dict], confusion: dict) -> None:
+def _plot(run: Run, job: Job, history: list[dict], confusion: dict) -> None:
     """plots/curves.png and plots/confusion_matrix.png of a completed run."""
-    model = f"{formatting.model_name(job['model'])} on {job['dataset']['name']}"
+    model = f"{job.model.short_name} on {job.dataset.name}"
     run.write_plot("curves.png", plots.curves({run.id: history}, f"run {run.id}: {model}"))
     title = f"run {run.id}: test set, {sum(map(sum, confusion['matrix'])):,} samples"
     run.write_plot("confusion_matrix.png", plots.confusion_matrix(confusion["matrix"], confusion["class_names"], title))

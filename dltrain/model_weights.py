@@ -9,13 +9,14 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from dltrain.job import StorageConfig
 from dltrain.runs import MODEL_FILE
 from dltrain.serving.source import locate
 from dltrain.storage import open_storage, resolver
 
 
 @contextlib.contextmanager
-def local_weights(reference: object, storage_config: dict | None) -> Iterator[object]:
+def local_weights(reference: object, storage_config: StorageConfig | None) -> Iterator[object]:
     """`reference` as a builder takes it: a run:/model: reference or an s3:// file as a local copy, kept for the
     block; anything else unchanged. ValueError in one line where the reference names nothing."""
     if not isinstance(reference, str) or not reference.startswith(("run:", "model:", "s3://")):

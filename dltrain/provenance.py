@@ -8,6 +8,7 @@ from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
+from dltrain.data.dataset import DataSet
 from dltrain.redaction import Scrubber, redact
 
 _GIT_TIMEOUT_S = 10
@@ -62,13 +63,14 @@ def command_line(overrides: list[str], scrub: Scrubber) -> str:
     return " ".join(["python -m dltrain", *shown])
 
 
-def provenance(job: dict, overrides: list[str], rerun_of: str | None = None) -> dict[str, Any]:
-    """The provenance.json of a run of `job`, started with Hydra `overrides` (a rerun: of run `rerun_of`)."""
+def provenance(data: DataSet, overrides: list[str], scrub: Scrubber, rerun_of: str | None = None) -> dict[str, Any]:
+    """The provenance.json of a run on the data set `data`, started with Hydra `overrides` in which `scrub` hides
+    the run's secrets (a rerun: of run `rerun_of`)."""
     import dltrain
 
     return {
-        "command": command_line(overrides, Scrubber(job)),
+        "command": command_line(overrides, scrub),
         "rerun_of": rerun_of,
         "git": git_commit(Path(dltrain.__file__).parent),
-        "data_md5": job["data"].files_md5,  # Fashion-MNIST's files (verified) or the Parquet shards read
+        "data_md5": data.files_md5,  # Fashion-MNIST's files (verified) or the Parquet shards read
     }

@@ -27,7 +27,7 @@ import secrets
 import socket
 import threading
 from collections.abc import Callable, Iterator
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +60,9 @@ HEARTBEAT_SECONDS = 15
 LOST_AFTER_SECONDS = 120
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")  # a run id, a sweep's or a trial's: no path, no glob
 MAX_RUN_ID = 128  # characters: a file name may have 255 bytes, and a longer id is no id dltrain made
+# The start time of the last run id this process made (new_run_id), and its guard.
+_last_start = datetime.min.replace(tzinfo=timezone.utc)
+_start_lock = threading.Lock()
 # A final status (COMPLETED, FAILED, STOPPED) is retried for this many of the storage's retry windows before it
 # is kept on this machine instead (pending_dir()), to be written by the next command that opens the storage.
 FINAL_STATUS_WINDOWS = 2
@@ -75,8 +78,12 @@ def pending_dir(storage: Storage) -> Path:
 
 
 def new_run_id() -> str:
-    """Readable, unique and sortable by start time: 20261122-143015-3fa9c1 (UTC)."""
-    return f"{datetime.now(timezone.utc):%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
+    """Readable, unique and sortable by start time: 20261122-143015-3fa9c1 is the UTC second, then its microsecond
+    (5 hex digits, 00000-f423f) and a random hex digit. The ids one process makes are strictly increasing."""
+    global _last_start
+    with _start_lock:
+        start = _last_start = max(datetime.now(timezone.utc), _last_start + timedelta(microseconds=1))
+    return f"{start:%Y%m%d-%H%M%S}-{start.microsecond:05x}{secrets.randbelow(16):x}"
 
 
 def check_run_id(run_id: str) -> str:
@@ -148,7 +155,8 @@ def _age(record: dict) -> str:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    """This moment, to the microsecond: a status written after another is newer (older runs kept whole seconds)."""
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
 
 
 class Run:
@@ -170,8 +178,8 @@ class Run:
         return json.loads(self.storage.read_bytes(f"{self.path}/{name}"))
 
     def write_config(self, config: dict) -> None:
-        """Save the resolved config with secrets redacted (without the driver's `data`: what it found, not config)."""
-        text = yaml.safe_dump(redact({key: value for key, value in config.items() if key != "data"}), sort_keys=False)
+        """Save the resolved config (config.to_mapping of a Job) with secrets redacted."""
+        text = yaml.safe_dump(redact(config), sort_keys=False)
         self.storage.write_bytes(f"{self.path}/config.yaml", text.encode())
 
     def config(self) -> dict:
@@ -325,7 +333,8 @@ class Run:
             return None
         request = self._read_json(STOP_REQUEST_FILE)
         resumed = self.status().get("resumed", [])
-        return None if resumed and request["requested"] < resumed[-1] else request
+        before_resume = resumed and datetime.fromisoformat(request["requested"]) < datetime.fromisoformat(resumed[-1])
+        return None if before_resume else request
 
     def clear_stop_request(self) -> None:
         """Forget a stop request (a resumed run goes on)."""
@@ -412,7 +421,8 @@ class RunStore:
             run = Run(self.storage, fields["run_id"])
 
             def newer(record: dict, fields: dict = fields) -> dict | None:
-                return None if record.get("updated", "") > fields["updated"] else record | fields
+                stored, kept = record.get("updated"), datetime.fromisoformat(fields["updated"])
+                return None if stored and datetime.fromisoformat(stored) > kept else record | fields
 
             run._update_status(newer)
             kept.unlink()

@@ -7,8 +7,8 @@
       model:
         dropout: uniform(0.2, 0.5)
 
-Parsing is pure Python (no Ray): the driver checks a space before anything starts, and dltrain/sweep.py turns
-the parsed dimensions into Ray Tune's.
+Parsing is pure Python (no Ray): the driver checks a space before anything starts, and
+dltrain/sweep/tune_settings.py turns the parsed dimensions into Ray Tune's.
 """
 
 import ast

@@ -25,13 +25,13 @@ from urllib.parse import urlsplit
 
 import pyarrow.fs as pafs
 
+from dltrain.job import DEFAULT_RETRY_SECONDS, StorageConfig
 from dltrain.redaction import scrub_urls
 from dltrain.retrying_fs import retried, retrying, with_retry_seconds
 
 # Attempts of one request inside pyarrow: a dropped request is repeated at once; outages are ridden out above it,
 # by dltrain's retrying filesystem, for storage.retry_seconds.
 _S3_ATTEMPTS = 3
-DEFAULT_RETRY_SECONDS = 60
 LOCK_WAIT_S = 60  # how long a lock (Storage.lock) is waited for before giving up
 LEASE_S = 60  # an S3 lock's lease: a lock its holder has not given back is free this long after it was taken
 
@@ -402,16 +402,14 @@ def cache_s3_folder(
     return cache
 
 
-def open_storage(config: dict) -> Storage:
+def open_storage(config: StorageConfig) -> Storage:
     """Storage for a `storage` config: a local folder (made absolute) or an s3://bucket/prefix URI."""
-    uri = config["uri"]
+    uri = config.uri
     if uri and uri.startswith("s3://"):
         bucket, prefix = parse_s3_uri(uri)
-        filesystem = s3_filesystem(
-            config.get("endpoint_url"), config.get("region"), config.get("retry_seconds", DEFAULT_RETRY_SECONDS)
-        )
+        filesystem = s3_filesystem(config.endpoint_url, config.region, config.retry_seconds)
         root = f"{bucket}/{prefix}".rstrip("/")
-        return Storage(filesystem, root, uri.rstrip("/"), config.get("endpoint_url"), config.get("region"))
+        return Storage(filesystem, root, uri.rstrip("/"), config.endpoint_url, config.region)
     if uri and "://" in uri and not uri.startswith("file://"):
         raise ValueError(f"storage.uri={scrub_urls(uri)}: expected a local folder or s3://bucket/prefix")
     root = Path(uri.removeprefix("file://")).expanduser() if uri else default_local_root()
@@ -420,18 +418,17 @@ def open_storage(config: dict) -> Storage:
     return Storage(pafs.LocalFileSystem(), str(root), str(root))
 
 
-def check_storage(config: dict) -> None:
+def check_storage(config: StorageConfig) -> None:
     """Check that a storage can be used (for S3: bucket, credentials, endpoint) before a run starts."""
-    if config["uri"] and config["uri"].startswith("s3://"):
-        bucket, _ = parse_s3_uri(config["uri"])
-        check_bucket(bucket, config.get("endpoint_url"), config.get("region"), config.get("create_bucket", False))
+    if config.uri and config.uri.startswith("s3://"):
+        bucket, _ = parse_s3_uri(config.uri)
+        check_bucket(bucket, config.endpoint_url, config.region, config.create_bucket)
 
 
-def resolver(config: dict) -> Callable[[str], tuple[pafs.FileSystem, str]]:
+def resolver(config: StorageConfig) -> Callable[[str], tuple[pafs.FileSystem, str]]:
     """For a `storage` config: a function from a location (a local path or s3://bucket/key, read with the
     storage's S3 endpoint and region) to the filesystem holding it and its path there."""
-    retry_seconds = config.get("retry_seconds", DEFAULT_RETRY_SECONDS)
-    s3 = functools.cache(lambda: s3_filesystem(config.get("endpoint_url"), config.get("region"), retry_seconds))
+    s3 = functools.cache(lambda: s3_filesystem(config.endpoint_url, config.region, config.retry_seconds))
 
     def resolve(location: str) -> tuple[pafs.FileSystem, str]:
         if location.startswith("s3://"):

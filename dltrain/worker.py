@@ -8,7 +8,6 @@ own log in the run folder.
 """
 
 import contextlib
-import dataclasses
 import itertools
 import json
 import logging
@@ -25,21 +24,23 @@ from pathlib import Path
 import keras
 import ray.train
 from hydra.utils import instantiate
-from ray.actor import ActorHandle
 
-from dltrain.config import import_target, worker_range
+from dltrain.config import import_target, to_mapping
 from dltrain.console import epoch_message, sender
 from dltrain.data import batches as data_batches
+from dltrain.data.dataset import DataSet
 from dltrain.data.pipeline import steps_per_epoch
 from dltrain.engine.loop import DistributedLoop
 from dltrain.engine.precision import dtype_policy
 from dltrain.errors import DltrainError
 from dltrain.frameworks import backend, use_keras_backend
+from dltrain.job import Job, ModelConfig, StorageConfig, TrainerConfig
 from dltrain.logs import output_to, store_logs
 from dltrain.model_weights import local_weights
 from dltrain.progress import ProgressSender
 from dltrain.redaction import Scrubber
 from dltrain.retrying_fs import StorageUnavailable, unavailable_in
+from dltrain.run_context import InDriver, RunContext
 from dltrain.runs import CONFUSION_MATRIX_FILE, MODEL_FILE, TEST_METRICS_FILE, Run
 from dltrain.stage import stage as worker_stage
 from dltrain.storage import open_storage
@@ -52,33 +53,38 @@ _CHECKPOINTS = "checkpoints"  # the run folder's, one folder per epoch: epoch-00
 
 
 def build_model(
-    model_config: dict, input_shape: tuple[int, ...], num_classes: int, storage_config: dict | None = None
+    model_config: ModelConfig,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    storage_config: StorageConfig | None = None,
 ) -> keras.Model:
-    """Call the model builder named by `_target_` with the other keys as keyword arguments; a `weights` key that
-    names a run, a registered model or an S3 file (in the storage `storage_config` names) is handed over as a
+    """Call the model builder named by `_target_` with the hyperparameters as keyword arguments; a `weights` key
+    that names a run, a registered model or an S3 file (in the storage `storage_config` names) is handed over as a
     local copy."""
-    builder = import_target(model_config["_target_"])
-    hyperparameters = {key: value for key, value in model_config.items() if key != "_target_"}
+    builder = import_target(model_config.target)
+    hyperparameters = dict(model_config.hyperparameters)
     with local_weights(hyperparameters.get("weights"), storage_config) as weights:
         if "weights" in hyperparameters:
             hyperparameters["weights"] = weights
         return builder(input_shape=input_shape, num_classes=num_classes, **hyperparameters)
 
 
-def learning_rate(trainer: dict, steps_per_epoch: int) -> float | keras.optimizers.schedules.LearningRateSchedule:
+def learning_rate(
+    trainer: TrainerConfig, steps_per_epoch: int
+) -> float | keras.optimizers.schedules.LearningRateSchedule:
     """`trainer.learning_rate` held constant, or cosine-decayed to 0 over all `trainer.epochs` of training.
 
     A schedule is a function of the optimizer's step counter, which the checkpoints keep: a resumed run continues it.
     """
-    if trainer["lr_schedule"] == "constant":
-        return trainer["learning_rate"]
-    return keras.optimizers.schedules.CosineDecay(trainer["learning_rate"], trainer["epochs"] * steps_per_epoch)
+    if trainer.lr_schedule == "constant":
+        return trainer.learning_rate
+    return keras.optimizers.schedules.CosineDecay(trainer.learning_rate, trainer.epochs * steps_per_epoch)
 
 
-def compile_model(model: keras.Model, trainer: dict, steps_per_epoch: int) -> None:
+def compile_model(model: keras.Model, trainer: TrainerConfig, steps_per_epoch: int) -> None:
     """Compile `model` with `trainer.optimizer` at `trainer.learning_rate` under `trainer.lr_schedule`."""
     optimizer = keras.optimizers.get(
-        {"class_name": trainer["optimizer"], "config": {"learning_rate": learning_rate(trainer, steps_per_epoch)}}
+        {"class_name": trainer.optimizer, "config": {"learning_rate": learning_rate(trainer, steps_per_epoch)}}
     )
     model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
 
@@ -198,62 +204,58 @@ class _StopOnRequest(keras.callbacks.Callback):
             self.model.stop_training = self.requested = True
 
 
-def _progress_sender(job: dict, run: Run, steps: int) -> ProgressSender:
+def _progress_sender(job: Job, context: RunContext, steps: int) -> ProgressSender:
     """Rank 0's progress messages to the driver's console queue; sending never waits for the queue."""
-    send = sender(job["console"])
+    send = sender(context.console)
     return ProgressSender(
-        lambda message: send(message | {"run_id": run.id}),
-        job["trainer"]["epochs"],
-        steps,
-        job["trainer"]["batch_size"],
+        lambda message: send(message | {"run_id": context.run_id}), job.trainer.epochs, steps, job.trainer.batch_size
     )
 
 
-def _train(job: dict, run: Run, stage: Path, log_file: Path) -> None:
-    context = ray.train.get_context()
-    rank, workers = context.get_world_rank(), context.get_world_size()
-    trainer, dataset = job["trainer"], job["dataset"]
-    keras.utils.set_random_seed(trainer["seed"])
-    use_gpu = job["resources"]["use_gpu"]
-    framework = backend(job["framework"]["name"]).Training(workers, trainer["deterministic"], use_gpu)
+def _train(job: Job, context: RunContext, run: Run, stage: Path, log_file: Path) -> None:
+    ray_context = ray.train.get_context()
+    rank, workers = ray_context.get_world_rank(), ray_context.get_world_size()
+    trainer = job.trainer
+    keras.utils.set_random_seed(trainer.seed)
+    framework = backend(job.framework.name).Training(workers, trainer.deterministic, job.resources.use_gpu)
 
-    data = job["data"]
-    batches = data_batches(dataset, data, job["storage"], trainer["seed"])
+    data = context.data
+    batches = data_batches(job.dataset, data, job.storage, trainer.seed)
     sizes = batches.sizes
-    global_batch = trainer["batch_size"]
+    global_batch = trainer.batch_size
     worker_batch = global_batch // workers
     steps = steps_per_epoch(sizes["train"], global_batch)
 
-    with framework.scope(), dtype_policy(trainer["precision"]):
-        model = build_model(job["model"], data.input_shape, len(data.class_names), job["storage"])
+    with framework.scope(), dtype_policy(trainer.precision):
+        model = build_model(job.model, data.input_shape, len(data.class_names), job.storage)
         compile_model(model, trainer, steps)
         initial_epoch = _restore(model, run, stage, rank)
 
-    callbacks = [instantiate(callback) for callback in trainer["callbacks"].values()]
+    callbacks = [instantiate(callback) for callback in trainer.callbacks.values()]
     if rank == 0:
         callbacks.append(EpochSummaries(stage / "tensorboard"))
-    if rank == 0 and job["console"] is not None:
-        callbacks.append(_progress_sender(job, run, steps))
-    in_driver = job["in_driver"]
+    if rank == 0 and context.console is not None:
+        callbacks.append(_progress_sender(job, context, steps))
+    in_driver = context.in_driver
     if in_driver is None:
         publish = _PublishToRay()
     else:
         callbacks.append(_Interrupt(in_driver.interrupted))
-        publish = _PublishInDriver(run, trainer["keep_checkpoints"], in_driver.console, trainer["epochs"])
-    callbacks.append(_EpochReport(run, stage, rank, log_file, publish, Scrubber(job)))
+        publish = _PublishInDriver(run, trainer.keep_checkpoints, in_driver.console, trainer.epochs)
+    callbacks.append(_EpochReport(run, stage, rank, log_file, publish, Scrubber(to_mapping(job))))
     stop = _StopOnRequest(run, rank)
     callbacks.append(stop)
 
-    model_steps = framework.steps(model, global_batch, trainer["jit_compile"])
-    loop = DistributedLoop(model, model_steps, global_batch, trainer["steps_per_execution"])
+    model_steps = framework.steps(model, global_batch, trainer.jit_compile)
+    loop = DistributedLoop(model, model_steps, global_batch, trainer.steps_per_execution)
     if loop.sum_over_workers([initial_epoch])[0] != initial_epoch * workers:
         raise RuntimeError(f"worker {rank} restored epoch {initial_epoch}, and the other workers did not")
     print(f"worker {rank}/{workers}: {sizes['train']} train, {sizes['validation']} validation samples; "
           f"starting at epoch {initial_epoch + 1}", flush=True)  # fmt: skip
     loop.fit(
-        lambda epoch: batches.train(global_batch, trainer["seed"], epoch, workers, rank),
+        lambda epoch: batches.train(global_batch, trainer.seed, epoch, workers, rank),
         steps,
-        trainer["epochs"],
+        trainer.epochs,
         initial_epoch,
         (lambda: batches.evaluation("validation", worker_batch, workers, rank)) if sizes["validation"] else None,
         callbacks,
@@ -271,26 +273,28 @@ def _train(job: dict, run: Run, stage: Path, log_file: Path) -> None:
         run.storage.upload(stage / "model", f"{run.path}/model")
 
 
-def train_loop_per_worker(job: dict) -> None:
-    """What every Ray Train worker runs (or the driver, in local mode): train `job`, logging to the run folder's
-    logs/. In the driver, whose stdout is the console's, only Python's sys.stdout and native stderr go there."""
-    use_keras_backend(job["framework"]["name"])  # as set for the process: checked, and TensorFlow kept out of JAX's
-    run = Run(open_storage(job["storage"]), job["run_id"])
+def train_loop_per_worker(config: dict) -> None:
+    """What every Ray Train worker runs (or the driver, in local mode): train config's `job` in its `context`,
+    logging to the run folder's logs/. In the driver, whose stdout is the console's, only Python's sys.stdout and
+    native stderr go there."""
+    job, context = config["job"], config["context"]
+    use_keras_backend(job.framework.name)  # as set for the process: checked, and TensorFlow kept out of JAX's
+    run = Run(open_storage(job.storage), context.run_id)
     rank = ray.train.get_context().get_world_rank()
     with worker_stage(f"{run.id}-worker{rank}") as stage:
-        in_driver = job["in_driver"] is not None
+        in_driver = context.in_driver is not None
         # A Ray Train worker restarted after a failure is a new process; a restart in the driver keeps its pid.
-        restart = f"-restart{job['in_driver'].restarts}" if in_driver and job["in_driver"].restarts else ""
+        restart = f"-restart{context.in_driver.restarts}" if in_driver and context.in_driver.restarts else ""
         log_file = stage / "logs" / f"worker-{rank}-pid{os.getpid()}{restart}.log"
         outage = False
         try:
             with output_to(log_file, fds=(2,) if in_driver else (1, 2), sys_stdout=in_driver):
-                _train(job, run, stage, log_file)
+                _train(job, context, run, stage, log_file)
         except StorageUnavailable:
             outage = True
             raise
         finally:
-            _upload_log(run, log_file, outage, Scrubber(job))
+            _upload_log(run, log_file, outage, Scrubber(to_mapping(job)))
 
 
 def _upload_log(run: Run, log_file: Path, after_outage: bool, scrub: Scrubber) -> None:
@@ -313,39 +317,33 @@ class _StorageOutageEndsRun(ray.train.UserCallback):
                 raise unavailable
 
 
-def _run_config(job: dict, run: Run, callbacks: list[ray.train.UserCallback]) -> ray.train.RunConfig:
+def _run_config(job: Job, run: Run, callbacks: list[ray.train.UserCallback]) -> ray.train.RunConfig:
     """Ray Train's settings for `job`'s workers, each started with Keras on the job's framework."""
-    trainer = job["trainer"]
-    framework = job["framework"]["name"]
-    environment = backend(framework).worker_environment(job["resources"]["use_gpu"], trainer["deterministic"])
+    trainer, framework = job.trainer, job.framework.name
+    environment = backend(framework).worker_environment(job.resources.use_gpu, trainer.deterministic)
     return ray.train.RunConfig(
         name=run.id,
         storage_path=run.storage.root,
         storage_filesystem=run.storage.filesystem,
-        failure_config=ray.train.FailureConfig(max_failures=trainer["max_failures"]),
-        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=trainer["keep_checkpoints"]),
+        failure_config=ray.train.FailureConfig(max_failures=trainer.max_failures),
+        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=trainer.keep_checkpoints),
         callbacks=[*callbacks, _StorageOutageEndsRun()],
         worker_runtime_env={"env_vars": {"KERAS_BACKEND": framework, **environment}},
     )
 
 
 def make_trainer(
-    job: dict,
-    run: Run,
-    resources_per_worker: dict,
-    callbacks: list[ray.train.UserCallback],
-    console: ActorHandle | None = None,
+    job: Job, context: RunContext, run: Run, resources_per_worker: dict, callbacks: list[ray.train.UserCallback]
 ):
-    """Ray's trainer for `job` on its framework, persisting checkpoints into the run folder; rank 0 sends its
-    progress to the `console` queue actor, if any."""
-    resources = job["resources"]
-    least, most = worker_range(resources)
-    return backend(job["framework"]["name"]).ray_trainer(
+    """Ray's trainer for `job` on its framework in its `context`, persisting checkpoints into the run folder; rank
+    0 sends its progress to the context's console queue actor, if any."""
+    least, most = job.resources.worker_range
+    return backend(job.framework.name).ray_trainer(
         train_loop_per_worker,
-        train_loop_config={**job, "run_id": run.id, "console": console, "in_driver": None},
+        train_loop_config={"job": job, "context": context},
         scaling_config=ray.train.ScalingConfig(
             num_workers=(least, most) if least < most else most,  # elastic: Ray Train takes what it can place
-            use_gpu=resources["use_gpu"],
+            use_gpu=job.resources.use_gpu,
             resources_per_worker=resources_per_worker,
         ),
         run_config=_run_config(job, run, callbacks),
@@ -368,16 +366,6 @@ class _Interrupt(keras.callbacks.Callback):
             raise _Interrupted("interrupted")
 
 
-@dataclasses.dataclass
-class _InDriver:
-    """What a run in the driver's process shares with its training: the console's queue, for the epoch lines
-    (there is no Ray Train controller to relay them), and the event that interrupts it."""
-
-    console: queue.Queue
-    interrupted: threading.Event = dataclasses.field(default_factory=threading.Event)
-    restarts: int = 0  # after failures, so far
-
-
 class DriverTrainer:
     """Trains `job` in this process with Ray Train's local mode (`ScalingConfig(num_workers=0)`): the same
     worker function and `ray.train` API, no Ray processes. Checkpoints go into the run folder as a Ray Train
@@ -385,14 +373,14 @@ class DriverTrainer:
     failure restarts training from the newest checkpoint, up to trainer.max_failures times.
     """
 
-    def __init__(self, job: dict, run: Run, console: queue.Queue, progress: bool):
-        self.in_driver = _InDriver(console)
-        self.framework = backend(job["framework"]["name"])
+    def __init__(self, job: Job, data: DataSet, run: Run, console: queue.Queue, progress: bool):
+        self.in_driver = InDriver(console)
+        self.framework = backend(job.framework.name)
         # As a Ray Train worker starts with them: JAX reads its settings when it first uses a device.
-        environment = self.framework.worker_environment(job["resources"]["use_gpu"], job["trainer"]["deterministic"])
-        os.environ.update(environment)
-        self.config = {**job, "run_id": run.id, "console": console if progress else None, "in_driver": self.in_driver}
-        self.run, self.max_failures = run, job["trainer"]["max_failures"]
+        os.environ.update(self.framework.worker_environment(job.resources.use_gpu, job.trainer.deterministic))
+        context = RunContext(run.id, data, console if progress else None, self.in_driver)
+        self.config = {"job": job, "context": context}
+        self.run, self.max_failures = run, job.trainer.max_failures
 
     def interrupt(self) -> None:
         """Stop training at the end of its current step (from another thread); fit() then raises."""

@@ -1,5 +1,5 @@
 """What checkpointing costs per epoch: `python -m dltrain` (one worker) writing its run folder to local storage
-and to S3 (a real SeaweedFS server on 127.0.0.1, tests/s3server.py), alternately. Each epoch's
+and to S3 (a real SeaweedFS server on 127.0.0.1, tests/helpers/s3server.py), alternately. Each epoch's
 `checkpoint_seconds` (metrics.parquet: the history row, the model save, Ray's persistence of the checkpoint, the
 TensorBoard and log uploads) as a share of the epoch's wall time (epoch start to next epoch start, from
 scripts/timeline.py). Target: <= 5% of epoch time.
@@ -20,7 +20,7 @@ from pathlib import Path
 import benchmarking as bench
 
 sys.path.insert(0, str(bench.REPO / "tests"))
-from s3server import create_bucket, running_s3_server
+from helpers.s3server import create_bucket, running_s3_server
 
 # 16,384 images (115 steps of 128): a full epoch (421 steps) would be ~3.7x longer for the same checkpoint,
 # so the default overstates the share; --limit 0 measures it against full epochs.

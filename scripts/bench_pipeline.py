@@ -130,16 +130,19 @@ def _shard_feed(train, count: int, folder: Path, image_size: int, seed: int, aug
     from PIL import Image
 
     from dltrain.data import image_folder
+    from dltrain.job import ImageFolderConfig, StorageConfig
 
     for index in range(count):
         (folder / "images" / str(train.labels[index])).mkdir(parents=True, exist_ok=True)
         buffer = io.BytesIO()
         Image.fromarray(train.images[index][..., 0], mode="L").save(buffer, format="PNG")
         (folder / "images" / str(train.labels[index]) / f"{index}.png").write_bytes(buffer.getvalue())
-    dataset = {"name": "image_folder", "path": str(folder / "images"), "manifest": None, "label": "class",
-               "min_per_class": 1, "image_size": image_size, "channels": 1, "validation_split": 0.0,
-               "test_split": 0.01, "shuffle_buffer": 10_000, "flip": augment, "shift": 2 if augment else 0}  # fmt: skip
-    storage = {"uri": str(folder / "store"), "endpoint_url": None, "region": None, "retry_seconds": 5}
+    dataset = ImageFolderConfig(
+        name="image_folder", path=str(folder / "images"), manifest=None, label="class", min_per_class=1,
+        image_size=image_size, channels=1, validation_split=0.0, test_split=0.01, shuffle_buffer=10_000, flip=augment,
+        shift=2 if augment else 0,
+    )  # fmt: skip
+    storage = StorageConfig(uri=str(folder / "store"), retry_seconds=5)
     data = image_folder.describe(dataset, storage, seed)
     return image_folder.batches(dataset, data, storage, seed)
 

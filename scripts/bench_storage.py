@@ -2,7 +2,7 @@
 (`Run.record_epoch`, twice an epoch), the TensorBoard upload (train/ and validation/ events), the log upload
 (`Storage.upload`) and a checkpoint upload as Ray makes it (Arrow's `copy_files` of a model file and state.json,
 threaded unless the filesystem is an S3FileSystem), against a real SeaweedFS server on 127.0.0.1
-(tests/s3server.py). For comparison, the same TensorBoard upload through Arrow's threaded `copy_files`, which
+(tests/helpers/s3server.py). For comparison, the same TensorBoard upload through Arrow's threaded `copy_files`, which
 `Storage.upload` used before.
 
 Each operation is timed on dltrain's retrying filesystem (dltrain/retrying_fs.py) and on the bare pyarrow
@@ -29,10 +29,11 @@ import benchmarking as bench
 import pyarrow.fs as pafs
 
 sys.path.insert(0, str(bench.REPO / "tests"))
-from s3server import create_bucket, running_s3_server
-
+from dltrain.job import StorageConfig
 from dltrain.runs import RunStore
 from dltrain.storage import Storage, open_storage
+
+from helpers.s3server import create_bucket, running_s3_server
 
 DEFAULT_REPETITIONS = 20
 # About what one epoch adds to each TensorBoard events file and to a worker's log.
@@ -85,7 +86,8 @@ def main() -> None:
     load_before = bench.load_average()
     with tempfile.TemporaryDirectory(prefix="bench-storage-") as tmp, running_s3_server() as server:
         os.environ.update(server.env())
-        retrying = open_storage({"uri": f"s3://{create_bucket(server)}/runs", "endpoint_url": server.endpoint_url})
+        bucket = create_bucket(server)
+        retrying = open_storage(StorageConfig(uri=f"s3://{bucket}/runs", endpoint_url=server.endpoint_url))
         bare_filesystem = pafs.S3FileSystem(
             endpoint_override=server.host_port, scheme="http", region=server.region,
             retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=10),

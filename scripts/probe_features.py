@@ -18,6 +18,7 @@ import keras
 import numpy as np
 import yaml
 
+from dltrain.config import from_mapping
 from dltrain.data import fashion_mnist
 from dltrain.models.backbone import build_backbone
 
@@ -60,10 +61,10 @@ def main() -> None:
     train = fashion_mnist.select(images, labels, NEW_CLASSES, max(budgets))
     test = fashion_mnist.select(test_images, test_labels, NEW_CLASSES)
     pretrained = keras.saving.load_model(Path(args.run) / "model" / "model.keras", compile=False)
-    model_config = yaml.safe_load((Path(args.run) / "config.yaml").read_text())["model"]
+    backbone = from_mapping(yaml.safe_load((Path(args.run) / "config.yaml").read_text())).model.hyperparameters
     keras.utils.set_random_seed(0)
     random = build_backbone(  # the same architecture, randomly initialized
-        pretrained.input_shape[1:], len(NEW_CLASSES), model_config["name"], input_size=model_config["input_size"]
+        pretrained.input_shape[1:], len(NEW_CLASSES), backbone["name"], input_size=backbone["input_size"]
     )  # fmt: skip
 
     print(f"| layer | base | {' | '.join(f'{count} per class' for count in budgets)} |")

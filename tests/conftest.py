@@ -1,28 +1,21 @@
-"""Shared fixtures: composed configs, the real Fashion-MNIST folder, one embedded Ray for engine tests, one real
-completed run for the tests of the commands that read runs, and one real 2-worker run."""
+"""Shared fixtures: the real Fashion-MNIST folder, one embedded Ray for engine tests, one real completed run for
+the tests of the commands that read runs, one real 2-worker run, and S3 (helpers/s3server.py, helpers/outage.py).
+What tests import lives in the helpers package."""
 
 import os
 import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from outage import s3_outages  # noqa: F401 - fixtures for every test module
-from s3server import s3_bucket, s3_server, s3_session_server  # noqa: F401
 
-from dltrain.__main__ import CONFIG_DIR
+from helpers.outage import s3_outages  # noqa: F401 - fixtures for every test module
+from helpers.runs import TWO_WORKER_RECIPE, temporary_files
+from helpers.s3server import s3_bucket, s3_server, s3_session_server  # noqa: F401
 
 TESTS_DIR = Path(__file__).parent
 DATA_DIR = (TESTS_DIR.parent.parent / "shared" / "data" / "fashion-mnist").resolve()
-
-
-def compose_config(*overrides: str):
-    """The config `python -m dltrain *overrides` would get."""
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
 
 
 @pytest.fixture(scope="session")
@@ -68,16 +61,6 @@ def completed_run(real_data, tmp_path_factory) -> Path:
     assert trained.returncode == 0, trained.stderr[-3000:]
     (run,) = [path for path in storage.iterdir() if path.is_dir()]
     return run
-
-
-def temporary_files() -> set[str]:
-    """What dltrain, TensorFlow and Ray could leave in the system's temporary folder."""
-    return {name for name in os.listdir(tempfile.gettempdir()) if name.startswith(("dltrain", "__autograph", "ray"))}
-
-
-# The recipe of the shared 2-worker run; test_s3.py trains it again on S3, from S3 data, and gets the same metrics.
-TWO_WORKER_RECIPE = ["resources.num_workers=2", "trainer.epochs=2", "dataset.limit=1280", "trainer.batch_size=64",
-                     "trainer.deterministic=true"]  # fmt: skip
 
 
 @dataclass

@@ -13,7 +13,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from autoscaling_cluster import GCS_ADDRESS, autoscaling_cluster
+
+from helpers.autoscaling_cluster import GCS_ADDRESS, autoscaling_cluster
 
 pytestmark = pytest.mark.slow
 

@@ -17,11 +17,13 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import compose_config
 
-from dltrain.config import resolve
+from dltrain.config import resolve, to_mapping
+from dltrain.job import StorageConfig
 from dltrain.runs import RunStore
 from dltrain.storage import open_storage
+
+from helpers.config import compose_config
 
 
 def _dltrain(
@@ -95,12 +97,17 @@ def test_a_two_cpu_worker_run_from_relative_paths_writes_its_whole_folder(two_wo
     ],
 )
 def test_bad_input_fails_fast_in_one_line_and_leaves_no_run(args, message, tmp_path):
-    started = time.monotonic()
-    result = _dltrain(*args, f"storage.uri={tmp_path}/runs")
+    with socket.create_server(("127.0.0.1", 0)) as ray:  # the Ray cluster it is given, which it must not reach
+        ray.setblocking(False)
+        # Ray's switch for single-machine clusters keeps a driver's connection on 127.0.0.1, where this listens.
+        address = f"127.0.0.1:{ray.getsockname()[1]}"
+        env = {**os.environ, "RAY_ADDRESS": address, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+        result = _dltrain(*args, f"storage.uri={tmp_path}/runs", env=env)
+        with pytest.raises(BlockingIOError):
+            ray.accept()  # no connection is waiting: it failed before it looked for Ray
     assert result.returncode == 2
     assert result.stderr.strip().startswith(message) and len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
-    assert time.monotonic() - started < 60
 
 
 def test_unknown_group_option_lists_the_choices(tmp_path):
@@ -112,16 +119,16 @@ def test_unknown_group_option_lists_the_choices(tmp_path):
 
 @pytest.mark.slow
 def test_gpus_that_do_not_exist_fail_in_seconds(real_data, tmp_path):
-    started = time.monotonic()
     result = _dltrain("resources=large", f"dataset.path={real_data}", f"storage.uri={tmp_path}", timeout=180)
     assert result.returncode == 2
     error = result.stderr.strip().splitlines()[-1]
     assert error.startswith("dltrain: error: resources need 4 workers x {CPU: 0.5, GPU: 1}; this Ray cluster has")
     assert "0 GPU and cannot scale" in error
     assert "use resources=cpu or resources.use_gpu=false" in error
-    assert time.monotonic() - started < 120
     status = json.loads((_only_run(tmp_path) / "status.json").read_text())
     assert status["status"] == "FAILED" and "resources need" in status["error"]
+    # Failed before Ray Train, which retries placing unplaceable workers without end, started any worker.
+    assert [path.name for path in (_only_run(tmp_path) / "logs").iterdir()] == ["driver.log"]
 
 
 @pytest.mark.slow
@@ -162,7 +169,8 @@ def test_resume_after_the_driver_dies_completes_the_same_run(real_data, tmp_path
 
 @pytest.mark.slow
 def test_a_failure_past_max_failures_in_the_driver_fails_the_run_in_one_line(worker_env, real_data, tmp_path):
-    fail = f"+trainer.callbacks.fail={{_target_: helpers.FailOnce, marker: '{tmp_path / 'failed'}', epoch: 0}}"
+    marker = tmp_path / "failed"
+    fail = f"+trainer.callbacks.fail={{_target_: helpers.callbacks.FailOnce, marker: '{marker}', epoch: 0}}"
     small = ["trainer.epochs=2", "dataset.limit=1280", "trainer.batch_size=64", f"dataset.path={real_data}"]
     result = _dltrain("trainer.max_failures=0", *small, f"storage.uri={tmp_path / 'runs'}", fail, env=worker_env)
     assert result.returncode == 2
@@ -220,7 +228,7 @@ def test_gpu_profile_on_a_cluster_gives_each_worker_its_own_gpu(logical_gpu_clus
     result = _dltrain(
         "resources=large", f"ray.address={address}", "trainer.epochs=1", "dataset.limit=1280",
         "trainer.batch_size=64", f"dataset.path={real_data}", f"storage.uri={tmp_path / 'runs'}",
-        f"+trainer.callbacks.dump={{_target_: helpers.DumpWorkerState, folder: '{dumps}'}}", env=env,
+        f"+trainer.callbacks.dump={{_target_: helpers.callbacks.DumpWorkerState, folder: '{dumps}'}}", env=env,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert "4 worker(s) x {'CPU': 0.5, 'GPU': 1}" in result.stdout
@@ -232,7 +240,7 @@ def test_a_rerun_or_resume_of_an_edited_config_is_checked_before_anything_runs(t
     """A config.yaml edited to call a function that is not a Keras callback (os.system, here) is refused in one line,
     as on the command line: nothing is called."""
     job = resolve(compose_config(f"storage.uri={tmp_path}"))
-    run = RunStore(open_storage({"uri": str(tmp_path)})).create(job, {})
+    run = RunStore(open_storage(StorageConfig(uri=str(tmp_path)))).create(to_mapping(job), {})
     run.set_status("FAILED", "the machine rebooted")
     saved = yaml.safe_load((tmp_path / run.id / "config.yaml").read_text())
     marker = tmp_path / "called"

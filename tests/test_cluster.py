@@ -14,11 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from netns_cluster import RAY, namespace_cluster
-from s3server import create_bucket, running_s3_server
 
+from dltrain.job import StorageConfig
 from dltrain.runs import RunStore
 from dltrain.storage import open_storage
+
+from helpers.netns_cluster import RAY, namespace_cluster
+from helpers.s3server import create_bucket, running_s3_server
 
 pytestmark = pytest.mark.slow
 
@@ -40,7 +42,7 @@ def cluster(tmp_path_factory):
 def helpers_folder(tmp_path_factory) -> Path:
     """A working directory for submitted jobs: the tests' callbacks, which Ray puts on the workers' path."""
     folder = tmp_path_factory.mktemp("working-dir")
-    shutil.copy(Path(__file__).parent / "helpers.py", folder)
+    shutil.copytree(Path(__file__).parent / "helpers", folder / "helpers", ignore=shutil.ignore_patterns("__pycache__"))
     return folder
 
 
@@ -52,7 +54,7 @@ def _recipe(cluster, real_data: Path, dumps: Path, *overrides: str) -> list[str]
         "resources=large", f"dataset.path={real_data}", "dataset.limit=1280", "trainer.batch_size=96",
         "trainer.epochs=4", "model.dropout=0.0", "trainer.optimizer=sgd", "trainer.learning_rate=0.05",
         "storage=s3", f"storage.uri=s3://{cluster.bucket}/runs", f"storage.endpoint_url={cluster.s3.endpoint_url}",
-        f"+trainer.callbacks.dump={{_target_: helpers.DumpWorkerState, folder: '{dumps}'}}", *overrides,
+        f"+trainer.callbacks.dump={{_target_: helpers.callbacks.DumpWorkerState, folder: '{dumps}'}}", *overrides,
     ]  # fmt: skip
 
 
@@ -71,7 +73,7 @@ def _job_cli(cluster, *args: str, timeout: float = RUN_TIMEOUT_S) -> subprocess.
 @pytest.fixture(scope="module")
 def store(cluster) -> RunStore:
     """The cluster's run folders, read from here with its S3 credentials (in this module's environment)."""
-    storage = {"uri": f"s3://{cluster.bucket}/runs", "endpoint_url": cluster.s3.endpoint_url, "region": None}
+    storage = StorageConfig(uri=f"s3://{cluster.bucket}/runs", endpoint_url=cluster.s3.endpoint_url)
     with pytest.MonkeyPatch.context() as patch:
         for name, value in cluster.s3.env().items():
             patch.setenv(name, value)

@@ -5,10 +5,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import compose_config
 from ray.autoscaler._private.util import prepare_config, validate_config
 
 from dltrain.config import resolve
+
+from helpers.config import compose_config
 
 CLUSTER_YAML = Path(__file__).parent.parent / "cluster.yaml"
 
@@ -46,8 +47,8 @@ def test_every_gpu_profile_fits_the_clusters_gpu_nodes(cluster):
     types = cluster["available_node_types"].values()
     gpus_at_most = sum(kind["resources"].get("GPU", 0) * kind.get("max_workers", 0) for kind in types)
     for profile in ("small", "medium", "large"):
-        resources = resolve(compose_config(f"resources={profile}"))["resources"]
-        assert resources["use_gpu"] and resources["num_workers"] <= gpus_at_most
+        resources = resolve(compose_config(f"resources={profile}")).resources
+        assert resources.use_gpu and resources.num_workers <= gpus_at_most
 
 
 def test_credentials_come_from_the_instance_role_not_the_file(cluster):

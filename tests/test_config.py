@@ -1,16 +1,20 @@
 """Config composition for every group option, and strict validation of keys and values."""
 
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 import ray
-from conftest import compose_config
+import yaml
 from hydra.errors import MissingConfigException
+from omegaconf import OmegaConf
 
 from dltrain.__main__ import CONFIG_DIR
 from dltrain.cluster import trains_in_driver
-from dltrain.config import resolve
+from dltrain.config import from_mapping, from_saved, resolve, to_mapping, trial_job
 from dltrain.errors import DltrainError
+
+from helpers.config import compose_config
 
 GROUPS = ("model", "dataset", "resources", "storage", "framework", "sweep", "experiment")
 
@@ -21,23 +25,24 @@ def _options(group: str) -> list[str]:
 
 def test_defaults_are_the_reference_recipe():
     job = resolve(compose_config())
-    assert job["trainer"] | {"callbacks": None} == {
+    assert asdict(job.trainer) | {"callbacks": None} == {
         "epochs": 30, "batch_size": 128, "learning_rate": 0.001, "lr_schedule": "constant", "optimizer": "adam",
         "seed": 42, "deterministic": False, "max_failures": 2, "keep_checkpoints": 2, "progress": "auto",
         "callbacks": None, "steps_per_execution": 1, "precision": "float32", "jit_compile": "auto",
     }  # fmt: skip
-    assert job["model"]["filters"] == [32, 64, 128] and job["model"]["dropout"] == 0.4
-    assert job["model"]["padding"] == "valid" and job["model"]["batch_norm"] is False
-    assert (job["dataset"]["flip"], job["dataset"]["shift"]) == (False, 0)
-    assert job["resources"] == {
+    model = job.model.hyperparameters
+    assert model["filters"] == [32, 64, 128] and model["dropout"] == 0.4
+    assert model["padding"] == "valid" and model["batch_norm"] is False
+    assert (job.dataset.flip, job.dataset.shift) == (False, 0)
+    assert asdict(job.resources) == {
         "num_workers": 1,
         "use_gpu": False,
         "cpus_per_worker": None,
         "min_workers": None,
         "local_mode": "auto",
     }
-    assert job["ray"] == {"address": None, "wait_for_workers_s": 600}
-    assert job["framework"]["name"] == "tensorflow"
+    assert asdict(job.ray) == {"address": None, "wait_for_workers_s": 600}
+    assert job.framework.name == "tensorflow"
 
 
 @pytest.mark.parametrize(("group", "option"), [(group, option) for group in GROUPS for option in _options(group)])
@@ -45,37 +50,72 @@ def test_every_group_option_composes_and_validates(group, option):
     required = {"s3": ["storage.uri=s3://bucket/prefix"], "image_folder": ["dataset.path=/data/images"]}.get(option, [])
     job = resolve(compose_config(f"{group}={option}", *required))
     sections = {"model", "dataset", "resources", "storage", "framework", "trainer", "ray", "resume", "rerun", "sweep"}
-    assert set(job) == sections
-    assert (job["sweep"] is None) == (group != "sweep")
-    assert set(job["storage"]) == {"uri", "endpoint_url", "region", "create_bucket", "retry_seconds"}
+    assert set(to_mapping(job)) == sections
+    assert (job.sweep is None) == (group != "sweep")
+    assert set(asdict(job.storage)) == {"uri", "endpoint_url", "region", "create_bucket", "retry_seconds"}
+
+
+@pytest.mark.parametrize(("group", "option"), [(group, option) for group in GROUPS for option in _options(group)])
+def test_a_job_saves_the_composed_config_and_reads_it_back(group, option):
+    """config.yaml holds the composed config's keys and values as it always has; read back, it is the same Job."""
+    required = {"s3": ["storage.uri=s3://bucket/prefix"], "image_folder": ["dataset.path=/data/images"]}.get(option, [])
+    composed = compose_config(f"{group}={option}", *required)
+    job = resolve(composed)
+    saved = to_mapping(job)
+    for section, value in OmegaConf.to_container(composed, resolve=True).items():
+        if isinstance(value, dict):  # a group option may leave out keys that have defaults
+            assert {key: saved[section][key] for key in value} == value
+        else:
+            assert saved[section] == value
+    assert from_mapping(yaml.safe_load(yaml.safe_dump(saved, sort_keys=False))) == job
+
+
+def test_a_run_saved_by_an_older_dltrain_resumes_as_a_job_with_this_commands_storage():
+    current = resolve(compose_config("storage.uri=/new/runs", "ray.wait_for_workers_s=30"))
+    saved = to_mapping(resolve(compose_config("trainer.epochs=3", "storage.uri=/old/runs")))
+    del saved["trainer"]["precision"], saved["dataset"]["classes"], saved["ray"]  # keys added since
+    job = from_saved(saved, current, resume="20261201-000000-abcdef", rerun=None)
+    assert (job.trainer.epochs, job.trainer.precision, job.dataset.classes) == (3, "float32", None)
+    assert (job.storage.uri, job.ray.wait_for_workers_s, job.resume) == ("/new/runs", 30, "20261201-000000-abcdef")
+
+
+def test_a_trial_job_sets_dotted_keys_and_is_checked_as_a_job():
+    job = resolve(compose_config("sweep=asha"))
+    trial = trial_job(job, {"trainer.learning_rate": 0.01, "model.dropout": 0.3})
+    assert (trial.trainer.learning_rate, trial.model.hyperparameters["dropout"]) == (0.01, 0.3)
+    assert (trial.sweep, trial.resume, trial.rerun) == (None, None, None) and job.trainer.learning_rate == 0.001
+    with pytest.raises(KeyError):
+        trial_job(job, {"trainer.learnin_rate": 0.01})
+    with pytest.raises(DltrainError, match=r"^trainer.batch_size=101 is not divisible by resources.num_workers=2"):
+        trial_job(resolve(compose_config("sweep=asha", "resources.num_workers=2")), {"trainer.batch_size": 101})
 
 
 def test_the_tuned_experiment_overrides_the_recipe_and_yields_to_the_command_line():
     job = resolve(compose_config("experiment=fashion_tuned"))
-    assert job["model"] == {
+    assert to_mapping(job)["model"] == {
         "_target_": "dltrain.models.cnn.build_cnn", "filters": [64, 128, 256], "kernel_size": 3, "padding": "same",
         "dropout": 0.15, "dense_units": 256, "batch_norm": True,
     }  # fmt: skip
-    assert (job["dataset"]["flip"], job["dataset"]["shift"]) == (True, 2)
-    assert job["trainer"]["learning_rate"] == 0.002 and job["trainer"]["lr_schedule"] == "cosine"
-    assert job["trainer"]["epochs"] == 30 and job["trainer"]["optimizer"] == "adam"
+    assert (job.dataset.flip, job.dataset.shift) == (True, 2)
+    assert job.trainer.learning_rate == 0.002 and job.trainer.lr_schedule == "cosine"
+    assert job.trainer.epochs == 30 and job.trainer.optimizer == "adam"
     overridden = resolve(compose_config("experiment=fashion_tuned", "trainer.learning_rate=0.01", "dataset.shift=0"))
-    assert (overridden["trainer"]["learning_rate"], overridden["dataset"]["shift"]) == (0.01, 0)
+    assert (overridden.trainer.learning_rate, overridden.dataset.shift) == (0.01, 0)
 
 
 def test_local_paths_are_made_absolute_for_the_workers(tmp_path, monkeypatch):
     """Ray runs the workers in folders of its own: the driver resolves local paths against its own directory."""
     monkeypatch.chdir(tmp_path)
     job = resolve(compose_config("dataset.path=data/fashion-mnist", "storage.uri=file://runs"))
-    assert (job["dataset"]["path"], job["storage"]["uri"]) == (
+    assert (job.dataset.path, job.storage.uri) == (
         str(tmp_path / "data/fashion-mnist"),
         str(tmp_path / "runs"),
     )
-    home = resolve(compose_config("dataset.path='~/fashion-mnist'"))["dataset"]["path"]
+    home = resolve(compose_config("dataset.path='~/fashion-mnist'")).dataset.path
     assert home == str(Path.home() / "fashion-mnist")
     remote = resolve(compose_config("storage=s3", "storage.uri=s3://bucket/runs", "dataset.path=s3://bucket/data"))
-    assert (remote["dataset"]["path"], remote["storage"]["uri"]) == ("s3://bucket/data", "s3://bucket/runs")
-    assert resolve(compose_config("storage.uri=gs://bucket/runs"))["storage"]["uri"] == "gs://bucket/runs"
+    assert (remote.dataset.path, remote.storage.uri) == ("s3://bucket/data", "s3://bucket/runs")
+    assert resolve(compose_config("storage.uri=gs://bucket/runs")).storage.uri == "gs://bucket/runs"
 
 
 def test_s3_storage_needs_a_uri():
@@ -85,17 +125,17 @@ def test_s3_storage_needs_a_uri():
 
 @pytest.mark.parametrize(("profile", "workers"), [("cpu", 1), ("small", 1), ("medium", 2), ("large", 4)])
 def test_resource_profiles(profile, workers):
-    resources = resolve(compose_config(f"resources={profile}"))["resources"]
-    assert resources["num_workers"] == workers
-    assert resources["use_gpu"] is (profile != "cpu")
+    resources = resolve(compose_config(f"resources={profile}")).resources
+    assert resources.num_workers == workers
+    assert resources.use_gpu is (profile != "cpu")
 
 
 def test_overrides_reach_the_job():
     job = resolve(
         compose_config("resources=large", "resources.use_gpu=false", "trainer.epochs=2", "dataset.limit=4096")
     )
-    assert (job["resources"]["num_workers"], job["resources"]["use_gpu"]) == (4, False)
-    assert (job["trainer"]["epochs"], job["dataset"]["limit"]) == (2, 4096)
+    assert (job.resources.num_workers, job.resources.use_gpu) == (4, False)
+    assert (job.trainer.epochs, job.dataset.limit) == (2, 4096)
 
 
 @pytest.mark.parametrize(
@@ -197,7 +237,7 @@ def test_jax_compiles_the_all_reduce_of_cpu_workers_too():
     job = resolve(
         compose_config("framework=jax", "resources=medium", "resources.use_gpu=false", "trainer.jit_compile=true")
     )
-    assert (job["framework"]["name"], job["resources"]["num_workers"], job["trainer"]["jit_compile"]) == (
+    assert (job.framework.name, job.resources.num_workers, job.trainer.jit_compile) == (
         "jax",
         2,
         True,

@@ -14,15 +14,18 @@ import tempfile
 import termios
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from types import SimpleNamespace
 from typing import TextIO
 
 import pytest
 
-from dltrain import sweep
 from dltrain.console import Console, progress_line, resolve_mode
 from dltrain.progress import ProgressSender
 from dltrain.stage import remove_left_behind, stage
+from dltrain.sweep import report
+
+from helpers.config import resolved
 
 PROGRESS_LINE = re.compile(
     r"^epoch \d+/\d+  step \d+/\d+  \d+%  loss \d+\.\d{4}  accuracy \d\.\d{4}  [\d,]+ samples/s  ETA \d+(s|m\d\ds)$"
@@ -193,16 +196,17 @@ def test_auto_is_a_bar_on_a_terminal_with_a_width_and_lines_elsewhere():
     ]  # fmt: skip
 
 
-def test_the_sweep_table_shows_where_each_running_trial_is(monkeypatch):
+def test_the_sweep_table_shows_where_each_running_trial_is():
     console = Console("none", io.StringIO(), Clock())
     console.show(_progress(3, 45, run_id="s1-t1"))
-    monkeypatch.setitem(sweep._CONSOLES, "s1", console)  # as run_sweep does while sweep s1 runs
-    table = sweep._Progress("s1", {"metric": "val_accuracy", "space": {"trainer": {"learning_rate": "x"}}}, 3)
+    settings = replace(resolved("sweep=asha").sweep, metric="val_accuracy", space={"trainer": {"learning_rate": "x"}})
+    table = report.TrialTable("s1", settings, 3)
     trials = [
         SimpleNamespace(trial_id="t1", status="RUNNING", last_result={"epoch": 2, "val_accuracy": 0.8}, config={}),
         SimpleNamespace(trial_id="t2", status="PENDING", last_result={}, config={}),
     ]
-    lines = table.table(trials).splitlines()
+    with report.progress_to("s1", console):  # as run_sweep does while sweep s1 runs
+        lines = table.table(trials).splitlines()
     assert lines[1].split() == ["trial", "status", "epoch", "progress", "val_accuracy", "trainer.learning_rate"]
     assert lines[2].split() == ["t1", "RUNNING", "2", "epoch", "3", "45%", "0.8"]
     assert lines[3].split() == ["t2", "PENDING"]

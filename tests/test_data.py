@@ -12,6 +12,7 @@ import pytest
 from dltrain.data import describe, fashion_mnist
 from dltrain.data.idx import IdxError, read_idx, verify_md5
 from dltrain.data.pipeline import Split, eval_batches, train_batches, train_validation_split
+from dltrain.job import FashionMnistConfig, StorageConfig
 
 
 def _write_idx(path, array: np.ndarray, type_code: int = 0x08) -> None:
@@ -103,9 +104,9 @@ def test_a_complete_data_folder_is_only_read(real_data, tmp_path, monkeypatch):
     before = {path.name: path.stat().st_mtime_ns for path in folder.iterdir()}
     monkeypatch.setenv("DLTRAIN_DATA_DIR", str(folder))
     monkeypatch.setenv("DLTRAIN_CACHE", str(tmp_path / "cache"))
-    dataset = {"name": "fashion_mnist", "path": None, "mirror": "http://127.0.0.1:9/", "classes": None,
-               "per_class": None, "limit": 1000, "validation_split": 0.1, "flip": False, "shift": 0}  # fmt: skip
-    data = describe(dataset, {}, seed=0)
+    dataset = FashionMnistConfig(name="fashion_mnist", path=None, mirror="http://127.0.0.1:9/", classes=None,
+                                 per_class=None, limit=1000, validation_split=0.1, flip=False, shift=0)  # fmt: skip
+    data = describe(dataset, StorageConfig(uri=None), seed=0)
     assert data.location == str(folder)
     assert data.shared_path is None  # no dataset.path: each node of a cluster finds (or downloads) its own files
     assert {path.name: path.stat().st_mtime_ns for path in folder.iterdir()} == before
@@ -248,8 +249,9 @@ def test_eval_shards_cover_every_sample_once():
 )
 def test_the_driver_counts_the_splits_the_workers_train_on(real_data, keys):
     """describe counts the splits from the label files alone; they are the sizes of the workers' image splits."""
-    dataset = {"name": "fashion_mnist", "path": str(real_data), "mirror": "http://127.0.0.1:9/", "classes": None,
-               "per_class": None, "limit": None, "validation_split": 0.1, "flip": False, "shift": 0} | keys  # fmt: skip
-    data = describe(dataset, {}, seed=7)
+    dataset = FashionMnistConfig(**{"name": "fashion_mnist", "path": str(real_data), "mirror": "http://127.0.0.1:9/",
+                                    "classes": None, "per_class": None, "limit": None, "validation_split": 0.1,
+                                    "flip": False, "shift": 0} | keys)  # fmt: skip
+    data = describe(dataset, StorageConfig(uri=None), seed=7)
     assert data.sizes == fashion_mnist.splits(real_data, dataset, seed=7).sizes
     assert data.shared_path == str(real_data)  # a local dataset.path: every node of a cluster must have it

@@ -13,12 +13,14 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from conftest import compose_config
 
 from dltrain.config import resolve
+from dltrain.job import StorageConfig
 from dltrain.launch import train
 from dltrain.runs import RunStore
 from dltrain.storage import open_storage
+
+from helpers.config import compose_config
 
 pytestmark = pytest.mark.slow
 
@@ -33,7 +35,7 @@ def _job(data: Path, runs: Path, *overrides: str) -> dict:
 
 
 def _dump_callback(folder: Path) -> str:
-    return f"+trainer.callbacks.dump={{_target_: helpers.DumpWorkerState, folder: '{folder}'}}"
+    return f"+trainer.callbacks.dump={{_target_: helpers.callbacks.DumpWorkerState, folder: '{folder}'}}"
 
 
 def _weights(path: Path) -> list[np.ndarray]:
@@ -82,7 +84,7 @@ def test_two_workers_match_one_worker(one_and_two_workers):
     one, two = _weights(dumps[1] / "weights-0.npz"), _weights(dumps[2] / "weights-0.npz")
     for start, single, double in zip(initial, one, two, strict=True):
         assert np.linalg.norm(single - double) <= 0.2 * np.linalg.norm(single - start)
-    store = RunStore(open_storage({"uri": str(runs)}))
+    store = RunStore(open_storage(StorageConfig(uri=str(runs))))
     history = {w: store.get(summary["run_id"]).metrics() for w, (summary, _) in outcome.items()}
     for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
         assert history[1][0][key] == pytest.approx(history[2][0][key], rel=1e-5)
@@ -115,7 +117,7 @@ def test_embedded_ray_starts_no_preemption_watcher(one_and_two_workers):
 def test_run_folder_holds_the_whole_run(one_and_two_workers):
     runs, outcome = one_and_two_workers
     summary, _ = outcome[2]
-    run = RunStore(open_storage({"uri": str(runs)})).get(summary["run_id"])
+    run = RunStore(open_storage(StorageConfig(uri=str(runs)))).get(summary["run_id"])
     folder = Path(run.path)
     assert run.status()["status"] == "COMPLETED" and run.status()["error"] is None
     assert set(run.status()["versions"]) == {"framework", "dltrain", "tensorflow", "keras", "ray"}
@@ -159,7 +161,7 @@ def test_embedded_ray_listens_on_loopback_only(ray_cluster):
 def test_a_killed_worker_restarts_from_the_last_checkpoint(ray_cluster, real_data, tmp_path):
     """With batch norm and a cosine schedule: the restarted workers continue both from the checkpoint."""
     marker = tmp_path / "killed"
-    kill = f"+trainer.callbacks.kill={{_target_: helpers.KillWorkerOnce, marker: '{marker}', epoch: 1}}"
+    kill = f"+trainer.callbacks.kill={{_target_: helpers.callbacks.KillWorkerOnce, marker: '{marker}', epoch: 1}}"
     job = _job(
         real_data, tmp_path / "runs", "resources.num_workers=2", "trainer.epochs=3", "model.batch_norm=true",
         "trainer.lr_schedule=cosine", kill, _dump_callback(tmp_path / "dumps"),
@@ -168,7 +170,7 @@ def test_a_killed_worker_restarts_from_the_last_checkpoint(ray_cluster, real_dat
     assert marker.exists()  # worker 1 really died mid-epoch 2
     # Its stage was removed by the restarted workers, and theirs when they ended.
     assert not list(Path(tempfile.gettempdir()).glob(f"dltrain-{summary['run_id']}-worker*"))
-    run = RunStore(open_storage({"uri": str(tmp_path / "runs")})).get(summary["run_id"])
+    run = RunStore(open_storage(StorageConfig(uri=str(tmp_path / "runs")))).get(summary["run_id"])
     assert run.status()["status"] == "COMPLETED" and summary["epochs"] == 3
     assert [row["epoch"] for row in run.metrics()] == [1, 2, 3]  # no epoch missing or repeated
     logs = {path.name: path.read_text() for path in (Path(run.path) / "logs").glob("worker-*.log")}
@@ -197,8 +199,9 @@ def test_a_run_in_the_driver_restarts_after_a_failure_and_resumes_on_ray_train_w
     process = subprocess.run(
         [sys.executable, "-m", "dltrain", f"dataset.path={real_data}", f"storage.uri={runs}", "dataset.limit=1280",
          "trainer.batch_size=64", "trainer.epochs=4", "trainer.progress=epochs",
-         f"+trainer.callbacks.fail={{_target_: helpers.FailOnce, marker: '{failed}', epoch: 1}}",
-         f"+trainer.callbacks.kill={{_target_: helpers.KillWorkerOnce, marker: '{killed}', epoch: 2, rank: 0}}"],
+         f"+trainer.callbacks.fail={{_target_: helpers.callbacks.FailOnce, marker: '{failed}', epoch: 1}}",
+         f"+trainer.callbacks.kill={{_target_: helpers.callbacks.KillWorkerOnce, marker: '{killed}', epoch: 2, "
+         "rank: 0}"],
         capture_output=True, text=True, env={k: v for k, v in worker_env.items() if k != "RAY_ADDRESS"}, timeout=300,
     )  # fmt: skip
     assert process.returncode == -signal.SIGKILL, process.stderr[-3000:]
@@ -217,7 +220,7 @@ def test_a_run_in_the_driver_restarts_after_a_failure_and_resumes_on_ray_train_w
 
     summary = train(resolve(compose_config(f"resume={run_id}", f"storage.uri={runs}")))  # a Ray is connected
     assert (summary["status"], summary["epochs"]) == ("COMPLETED", 4)
-    run = RunStore(open_storage({"uri": str(runs)})).get(run_id)
+    run = RunStore(open_storage(StorageConfig(uri=str(runs)))).get(run_id)
     assert [row["epoch"] for row in run.metrics()] == [1, 2, 3, 4]
     assert (folder / "checkpoint_manager_snapshot.json").exists()  # this time a Ray Train worker trained
     (resumed,) = [path for path in (folder / "logs").glob("worker-0-*.log") if path not in logs]

@@ -8,19 +8,22 @@ import json
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
-from image_sources import DECOYS, PER_CLASS, ImageSources, make_image_sources
 
 from dltrain import config
 from dltrain.data import describe, image_folder, shards
 from dltrain.errors import DltrainError
+from dltrain.job import ImageFolderConfig, StorageConfig
 from dltrain.runs import RunStore
 from dltrain.serving.source import locate
 from dltrain.storage import open_storage, resolver
-from tests.conftest import compose_config
+
+from helpers.config import compose_config, resolved
+from helpers.image_sources import DECOYS, PER_CLASS, ImageSources, make_image_sources
 
 DLTRAIN = str(Path(sys.executable).parent / "dltrain")
 
@@ -30,18 +33,18 @@ def sources(real_data, tmp_path_factory) -> ImageSources:
     return make_image_sources(real_data, tmp_path_factory.mktemp("images"))
 
 
-def _dataset(**keys) -> dict:
+def _dataset(**keys) -> ImageFolderConfig:
     """An image_folder config, as conf/dataset/image_folder.yaml gives it, with `keys` changed."""
-    defaults = config.resolve(compose_config("dataset=image_folder", "dataset.path=/x"))["dataset"]
-    return defaults | {"path": None, "image_size": 28, "channels": 1} | keys
+    defaults = resolved("dataset=image_folder", "dataset.path=/x").dataset
+    return replace(defaults, **{"path": None, "image_size": 28, "channels": 1} | keys)
 
 
-def _local(tmp_path: Path) -> dict:
-    return {"uri": str(tmp_path / "store"), "endpoint_url": None, "region": None, "retry_seconds": 5}
+def _local(tmp_path: Path) -> StorageConfig:
+    return StorageConfig(uri=str(tmp_path / "store"), retry_seconds=5)
 
 
 def test_a_class_folder_becomes_parquet_shards_without_its_corrupt_files(sources, tmp_path):
-    resolve = resolver({})
+    resolve = resolver(StorageConfig(uri=None))
     table = shards.scan_folder(resolve, str(sources.folder))
     prepared = shards.prepare(resolve, table, str(tmp_path / "shards"), shard_bytes=8_000)
     assert (prepared.images, prepared.skipped) == (sources.images, sources.corrupt)
@@ -162,7 +165,7 @@ def test_links_out_of_an_image_folder_or_to_folders_are_not_followed(sources, tm
     (folder / "fox").symlink_to(elsewhere, target_is_directory=True)  # a class folder out of the folder
     (folder / "dog" / "stolen.png").symlink_to(elsewhere / "0.png")  # a file out of the folder
     (folder / "dog" / "twin.png").symlink_to(folder / "cat" / "a.png")  # a file in it: taken
-    table = shards.scan_folder(resolver({}), str(folder))
+    table = shards.scan_folder(resolver(StorageConfig(uri=None)), str(folder))
     assert table.column("path").to_pylist() == [f"{folder}/{name}" for name in ("cat/a.png", "dog/b.png",
                                                                                 "dog/twin.png")]  # fmt: skip
     prepared = subprocess.run([DLTRAIN, "data", "prepare", str(folder), str(tmp_path / "shards")], capture_output=True,
@@ -181,7 +184,7 @@ def test_a_manifest_reads_only_its_own_folder_unless_allowed_to_leave_it(sources
         shutil.copy(image, museum / "objects" / name)
     shutil.copy(images[2], tmp_path / "secret.png")
     (museum / "objects" / "link.png").symlink_to(tmp_path / "secret.png")
-    resolve = resolver({})
+    resolve = resolver(StorageConfig(uri=None))
     for outside in ("../secret.png", str(tmp_path / "secret.png"), "objects/../../secret.png", "objects/link.png",
                     "s3://another-bucket/secret.png"):  # fmt: skip
         manifest = museum / "objects.csv"
@@ -211,7 +214,7 @@ def test_a_manifest_reads_only_its_own_folder_unless_allowed_to_leave_it(sources
 @pytest.fixture(scope="module")
 def s3_data(sources, s3_session_server):
     """The sources uploaded to a bucket of the session's S3 server, and `dltrain data prepare`'s run on them."""
-    from s3server import create_bucket
+    from helpers.s3server import create_bucket
 
     server = s3_session_server
     bucket = create_bucket(server)
@@ -225,8 +228,9 @@ def s3_data(sources, s3_session_server):
          "0.01", "--endpoint-url", server.endpoint_url],
         capture_output=True, text=True, timeout=300, env=env,
     )  # fmt: skip
-    storage = {"uri": f"s3://{bucket}/runs", "endpoint_url": server.endpoint_url, "region": server.region,
-               "retry_seconds": 5}  # fmt: skip
+    storage = StorageConfig(
+        uri=f"s3://{bucket}/runs", endpoint_url=server.endpoint_url, region=server.region, retry_seconds=5
+    )
     return bucket, server, prepared, storage
 
 
@@ -250,7 +254,7 @@ def test_an_s3_manifest_is_refused_paths_into_other_folders_and_buckets(s3_data,
     bucket, server, _, _ = s3_data
     for name, value in server.env().items():
         monkeypatch.setenv(name, value)
-    resolve = resolver({"endpoint_url": server.endpoint_url})
+    resolve = resolver(StorageConfig(uri=None, endpoint_url=server.endpoint_url))
     for outside in ("../../../other-bucket/x.png", f"s3://{bucket}/private/x.png", "/etc/passwd"):
         body = f"path,kind\nobjects/object-00001.png,x\n{outside},y\n".encode()
         server.client().put_object(Bucket=bucket, Key="in/museum/leaky.csv", Body=body)
@@ -280,7 +284,7 @@ def test_two_workers_train_a_backbone_on_s3_shards_labelled_on_the_command_line(
         [sys.executable, "-m", "dltrain", "dataset=image_folder", f"dataset.path=s3://{bucket}/shards",
          "dataset.label=garment", "dataset.image_size=32", "dataset.channels=1", "model=backbone",
          "model.name=mobilenet_v2", "resources=medium", "resources.use_gpu=false", "trainer.epochs=2",
-         "trainer.batch_size=32", "trainer.progress=epochs", "storage=s3", f"storage.uri={storage['uri']}",
+         "trainer.batch_size=32", "trainer.progress=epochs", "storage=s3", f"storage.uri={storage.uri}",
          f"storage.endpoint_url={server.endpoint_url}"],
         capture_output=True, text=True, timeout=900, env=worker_env | server.env(),
     )  # fmt: skip
@@ -288,7 +292,7 @@ def test_two_workers_train_a_backbone_on_s3_shards_labelled_on_the_command_line(
     assert "2 worker(s)" in trained.stdout
     for name, value in server.env().items():
         monkeypatch.setenv(name, value)
-    store = RunStore(open_storage(storage | {"create_bucket": False}))
+    store = RunStore(open_storage(storage))
     (run,) = store.list()
     assert run.status()["status"] == "COMPLETED"
     assert run.confusion_matrix()["class_names"] == list(sources.garments)

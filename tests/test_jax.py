@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from dltrain.data import fashion_mnist
+from dltrain.job import StorageConfig
 from dltrain.runs import RunStore
 from dltrain.storage import open_storage
 
@@ -46,7 +47,7 @@ def _dltrain(worker_env: dict, *args: str, timeout: float = TIMEOUT_S) -> subpro
 
 
 def _dump(folder: Path) -> str:
-    return f"+trainer.callbacks.dump={{_target_: helpers.DumpWorkerState, folder: '{folder}'}}"
+    return f"+trainer.callbacks.dump={{_target_: helpers.callbacks.DumpWorkerState, folder: '{folder}'}}"
 
 
 def _weights(path: Path) -> list[np.ndarray]:
@@ -82,7 +83,7 @@ def test_two_jax_workers_match_one_and_end_with_identical_weights(jax_runs):
     initial = _weights(one_dumps / "initial-weights-0.npz")
     for start, other in zip(initial, _weights(two_dumps / "initial-weights-0.npz"), strict=True):
         np.testing.assert_array_equal(start, other)  # the same seed builds the same model on every worker
-    histories = [RunStore(open_storage({"uri": str(folder.parent)})).get(folder.name).metrics()
+    histories = [RunStore(open_storage(StorageConfig(uri=str(folder.parent)))).get(folder.name).metrics()
                  for folder in (one_folder, two_folder)]  # fmt: skip
     for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
         assert histories[0][0][key] == pytest.approx(histories[1][0][key], rel=1e-5)
@@ -102,7 +103,7 @@ def test_the_jax_path_never_loads_tensorflow(jax_runs):
 
 def test_a_jax_run_folder_holds_the_whole_run(jax_runs, real_data):
     _, folder, _ = jax_runs[2]
-    run = RunStore(open_storage({"uri": str(folder.parent)})).get(folder.name)
+    run = RunStore(open_storage(StorageConfig(uri=str(folder.parent)))).get(folder.name)
     status = run.status()
     assert status["status"] == "COMPLETED" and status["versions"]["framework"] == "jax"
     assert {"jax", "jaxlib", "keras", "ray", "dltrain"} <= set(status["versions"]) and "tensorflow" not in status[
@@ -165,11 +166,11 @@ def test_a_killed_jax_worker_restarts_the_group_from_the_last_checkpoint(worker_
     """Worker 1 is SIGKILLed in epoch 2: Ray Train restarts both workers, which form a new JAX process group and
     continue from epoch 1's checkpoint; no collective is left waiting on the dead process."""
     marker, runs = tmp_path / "killed", tmp_path / "runs"
-    kill = f"+trainer.callbacks.kill={{_target_: helpers.KillWorkerOnce, marker: '{marker}', epoch: 1}}"
+    kill = f"+trainer.callbacks.kill={{_target_: helpers.callbacks.KillWorkerOnce, marker: '{marker}', epoch: 1}}"
     env = {key: value for key, value in worker_env.items() if key != "RAY_ADDRESS"}
     result = _dltrain(env, *RECIPE, "trainer.epochs=3", "resources.num_workers=2", f"dataset.path={real_data}",
                       f"storage.uri={runs}", kill, _dump(tmp_path / "dumps"))  # fmt: skip
-    run = RunStore(open_storage({"uri": str(runs)})).get(_run_id(result))
+    run = RunStore(open_storage(StorageConfig(uri=str(runs)))).get(_run_id(result))
     assert marker.exists() and run.status()["status"] == "COMPLETED"
     assert [row["epoch"] for row in run.metrics()] == [1, 2, 3]
     logs = {path.name: path.read_text() for path in (Path(run.path) / "logs").glob("worker-*.log")}
@@ -199,7 +200,7 @@ def test_sigterm_stops_two_jax_workers_and_resume_continues_on_jax(worker_env, r
     finally:
         driver.kill()
     assert driver.returncode == 130, stderr[-3000:]
-    run = RunStore(open_storage({"uri": str(runs)})).get(run_id)
+    run = RunStore(open_storage(StorageConfig(uri=str(runs)))).get(run_id)
     assert run.status()["status"] == "STOPPED"
     done = len(run.metrics())
 

@@ -3,28 +3,33 @@ without TF_CONFIG, no Ray): steps per execution, mixed precision with and withou
 through the driver."""
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
-from conftest import compose_config
 
 from dltrain.config import resolve
 from dltrain.data.pipeline import Split, eval_batches, train_batches
 from dltrain.engine.loop import DistributedLoop
 from dltrain.engine.precision import dtype_policy
 from dltrain.frameworks.tensorflow import Training, resolve_jit_compile
+from dltrain.job import ModelConfig
 from dltrain.progress import ProgressSender
 from dltrain.worker import build_model, compile_model
+
+from helpers.config import compose_config, resolved
 
 BATCH = 16
 STEPS = 40  # per epoch: 32 does not divide it, so K=32 ends each epoch with an execution of 8 steps
 EPOCHS = 2
 # A small CNN of the reference builder, with dropout (seeded per step) and batch norm (moving statistics).
-MODEL = {"_target_": "dltrain.models.cnn.build_cnn", "filters": [4], "dense_units": 16, "dropout": 0.2,
-         "batch_norm": True}  # fmt: skip
-TRAINER = {"optimizer": "adam", "learning_rate": 0.003, "lr_schedule": "cosine", "epochs": EPOCHS}
+MODEL = ModelConfig(
+    target="dltrain.models.cnn.build_cnn",
+    hyperparameters={"filters": [4], "dense_units": 16, "dropout": 0.2, "batch_norm": True},
+)
+TRAINER = replace(resolved().trainer, optimizer="adam", learning_rate=0.003, lr_schedule="cosine", epochs=EPOCHS)
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +61,7 @@ def _train(
     jit_compile: bool = False,
     callbacks: list | None = None,
     batches=train_batches,
-    model_config: dict = MODEL,
+    model_config: ModelConfig = MODEL,
 ) -> tuple[keras.Model, list[dict]]:
     """Train `model_config` for EPOCHS as a lone worker builds and trains it in dltrain/frameworks/tensorflow.py."""
     keras.utils.set_random_seed(7)
@@ -165,7 +170,7 @@ def test_mixed_float16_scales_the_loss_and_learns(float16_run):
 
 def test_mixed_float16_skips_a_step_that_overflows(data):
     # Without batch norm, whose moving statistics the overflowing batch's forward pass would make infinite.
-    without_batch_norm = MODEL | {"batch_norm": False}
+    without_batch_norm = replace(MODEL, hyperparameters=MODEL.hyperparameters | {"batch_norm": False})
     clean, clean_history = _train(data, 8, precision="mixed_float16", model_config=without_batch_norm)
     model, history = _train(data, 8, "mixed_float16", batches=_overflow_at_step_5, model_config=without_batch_norm)
     scale, steps = _scale_and_steps(clean)
@@ -198,7 +203,7 @@ def test_a_mixed_float16_checkpoint_loads_into_a_new_model_and_training_continue
 def test_jit_compile_trains_on_cpu_as_without_xla(data):
     """Without dropout, whose masks XLA draws with its own random number generator, the runs agree up to the
     rounding of XLA's fused and reordered float operations."""
-    without_dropout = MODEL | {"dropout": 0.0}
+    without_dropout = replace(MODEL, hyperparameters=MODEL.hyperparameters | {"dropout": 0.0})
     (plain, plain_history) = _train(data, 8, model_config=without_dropout)
     (compiled, history) = _train(data, 8, jit_compile=True, model_config=without_dropout)
     for mine, theirs in zip(plain.get_weights(), compiled.get_weights(), strict=True):
@@ -228,12 +233,13 @@ def test_the_global_dtype_policy_is_restored_after_an_error():
 def test_a_mixed_bfloat16_xla_run_fails_and_restarts_from_its_checkpoint(real_data, tmp_path):
     """Through the driver, in this process (resources.local_mode=true): the run fails in epoch 2 and restarts from
     epoch 1's checkpoint under the saved precision and XLA settings, as `resume=` would restore it."""
+    from dltrain.job import StorageConfig
     from dltrain.launch import train
     from dltrain.runs import RunStore
     from dltrain.storage import open_storage
 
     runs, marker = tmp_path / "runs", tmp_path / "failed"
-    fail = f"+trainer.callbacks.fail={{_target_: helpers.FailOnce, marker: '{marker}', epoch: 1, batch: 0}}"
+    fail = f"+trainer.callbacks.fail={{_target_: helpers.callbacks.FailOnce, marker: '{marker}', epoch: 1, batch: 0}}"
     job = resolve(
         compose_config(
             f"dataset.path={real_data}", f"storage.uri={runs}", "dataset.limit=1280", "trainer.batch_size=64",
@@ -244,7 +250,7 @@ def test_a_mixed_bfloat16_xla_run_fails_and_restarts_from_its_checkpoint(real_da
     summary = train(job)
     assert marker.exists()  # it did fail
     (run_id,) = [path.name for path in runs.iterdir()]
-    run = RunStore(open_storage({"uri": str(runs)})).get(run_id)
+    run = RunStore(open_storage(StorageConfig(uri=str(runs)))).get(run_id)
     assert (summary["status"], summary["epochs"]) == ("COMPLETED", 2)
     rows = run.metrics()
     assert [row["epoch"] for row in rows] == [1, 2] and all(np.isfinite(row["loss"]) for row in rows)

@@ -6,6 +6,7 @@ import shutil
 import keras
 import pytest
 
+from dltrain.job import StorageConfig
 from dltrain.model_weights import local_weights
 from dltrain.registry import Registry
 from dltrain.runs import RunStore
@@ -14,7 +15,7 @@ from dltrain.storage import open_storage
 
 def test_runs_and_registered_models_become_local_model_files(completed_run, tmp_path):
     shutil.copytree(completed_run, tmp_path / "runs" / completed_run.name)
-    storage_config = {"uri": str(tmp_path / "runs")}
+    storage_config = StorageConfig(uri=str(tmp_path / "runs"))
     storage = open_storage(storage_config)
     Registry(storage).register(RunStore(storage).get(completed_run.name), "garments", {}, alias="production")
     original = keras.saving.load_model(completed_run / "model" / "model.keras", compile=False)

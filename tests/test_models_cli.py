@@ -10,11 +10,13 @@ from pathlib import Path
 
 import pyarrow.fs
 import pytest
-from s3server import create_bucket
 
+from dltrain.job import StorageConfig
 from dltrain.registry import Registry
 from dltrain.runs import RunStore
 from dltrain.storage import open_storage
+
+from helpers.s3server import create_bucket
 
 DLTRAIN = str(Path(sys.executable).parent / "dltrain")
 RACERS = 6  # concurrent registrations of one name
@@ -127,7 +129,7 @@ def test_registering_needs_a_completed_run_and_a_good_name(storage):
     assert not (storage / "models").exists()
 
 
-def _register_at_once(storage_config: dict, run_id: str, barrier, versions) -> None:
+def _register_at_once(storage_config: StorageConfig, run_id: str, barrier, versions) -> None:
     """One racer: open the storage, wait for every racer, register, report the version it got."""
     storage = open_storage(storage_config)
     run = RunStore(storage).get(run_id)
@@ -135,7 +137,7 @@ def _register_at_once(storage_config: dict, run_id: str, barrier, versions) -> N
     versions.put(Registry(storage).register(run, "racing", {})["version"])
 
 
-def _race(storage_config: dict, run_id: str) -> list[int]:
+def _race(storage_config: StorageConfig, run_id: str) -> list[int]:
     """The versions RACERS processes got, registering the same run at the same moment."""
     context = multiprocessing.get_context("spawn")
     barrier, versions = context.Barrier(RACERS), context.Queue()
@@ -155,9 +157,9 @@ def _race(storage_config: dict, run_id: str) -> list[int]:
 @pytest.mark.slow
 def test_concurrent_registrations_never_share_a_version_on_local_storage(storage):
     (run_id,) = [path.name for path in storage.iterdir()]
-    got = _race({"uri": str(storage)}, run_id)
+    got = _race(StorageConfig(uri=str(storage)), run_id)
     assert sorted(got) == list(range(1, RACERS + 1))
-    records = Registry(open_storage({"uri": str(storage)})).versions("racing")
+    records = Registry(open_storage(StorageConfig(uri=str(storage)))).versions("racing")
     assert [(record["version"], record["status"]) for record in records] == [(n, "READY") for n in sorted(got)]
 
 
@@ -169,10 +171,10 @@ def test_concurrent_registrations_and_the_commands_on_s3(completed_run, s3_sessi
                           destination_filesystem=server.arrow_fs())  # fmt: skip
     for key, value in server.env().items():
         monkeypatch.setenv(key, value)  # the racers, spawned, inherit the credentials
-    config = {"uri": f"s3://{bucket}/runs", "endpoint_url": server.endpoint_url}
+    config = StorageConfig(uri=f"s3://{bucket}/runs", endpoint_url=server.endpoint_url)
     got = _race(config, completed_run.name)
     assert sorted(got) == list(range(1, RACERS + 1))
-    options = ["--storage", config["uri"], "--endpoint-url", server.endpoint_url]
+    options = ["--storage", config.uri, "--endpoint-url", server.endpoint_url]
     aliased = _dltrain("models", "alias", "racing", "3", "production", *options)
     assert aliased.stdout == "racing@production -> version 3\n", aliased.stderr
     shown = json.loads(_dltrain("models", "show", "racing", "--json", *options).stdout)
@@ -225,7 +227,7 @@ def test_links_planted_in_a_run_folder_are_never_copied(storage, tmp_path):
 
 
 def test_models_list_shows_folders_that_do_not_read_as_models_as_unreadable_and_lists_the_rest(tmp_path):
-    storage = open_storage({"uri": str(tmp_path)})
+    storage = open_storage(StorageConfig(uri=str(tmp_path)))
     run = RunStore(storage).create({}, {})
     for name, content in (("model.keras", b"a model"), ("test_metrics.json", b'{"test_accuracy": 0.5}')):
         storage.write_bytes(f"{run.path}/model/{name}", content)

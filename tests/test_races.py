@@ -14,11 +14,13 @@ from typing import Any
 
 import pyarrow.fs
 import pytest
-from s3server import create_bucket
 
+from dltrain.job import StorageConfig
 from dltrain.registry import READY, REGISTERING, Registry
 from dltrain.runs import RunStore
 from dltrain.storage import Storage, open_storage
+
+from helpers.s3server import create_bucket
 
 DLTRAIN = str(Path(sys.executable).parent / "dltrain")
 ROUNDS = 4  # races of each kind; each round races the same actions again, in fresh state
@@ -67,7 +69,7 @@ _ACTIONS = {function.__name__: function for function in (_register, _delete_once
                                                           _mark_deleting)}  # fmt: skip
 
 
-def _take_orders(storage_config: dict, barrier: Any, orders: Any, results: Any) -> None:
+def _take_orders(storage_config: StorageConfig, barrier: Any, orders: Any, results: Any) -> None:
     """One racer: for each order, wait for every racer at the barrier, then act; report (succeeded, value)."""
     storage = open_storage(storage_config)
     while (order := orders.get()) is not None:
@@ -82,7 +84,7 @@ def _take_orders(storage_config: dict, barrier: Any, orders: Any, results: Any) 
 class Racers:
     """Processes that each carry out one order per round, all released together by a barrier."""
 
-    def __init__(self, count: int, storage_config: dict):
+    def __init__(self, count: int, storage_config: StorageConfig):
         context = multiprocessing.get_context("spawn")
         self.barrier = context.Barrier(count)  # kept: the racers unpickle it after this returns
         self.orders = [context.Queue() for _ in range(count)]
@@ -118,14 +120,14 @@ class Racers:
 
 
 @pytest.fixture(params=["local", "s3"])
-def storage_config(request, tmp_path, monkeypatch) -> dict:
+def storage_config(request, tmp_path, monkeypatch) -> StorageConfig:
     """A storage of this test's own: a local folder, or a fresh bucket on the session's SeaweedFS."""
     if request.param == "local":
-        return {"uri": str(tmp_path / "runs")}
+        return StorageConfig(uri=str(tmp_path / "runs"))
     server = request.getfixturevalue("s3_session_server")
     for key, value in server.env().items():
         monkeypatch.setenv(key, value)  # the racers, spawned, inherit the credentials
-    return {"uri": f"s3://{create_bucket(server)}/runs", "endpoint_url": server.endpoint_url}
+    return StorageConfig(uri=f"s3://{create_bucket(server)}/runs", endpoint_url=server.endpoint_url)
 
 
 def _copy_run(run_folder: Path, storage: Storage) -> str:
@@ -200,7 +202,7 @@ def test_an_alias_racing_a_deletion_never_points_at_a_version_that_is_not_ready(
 
 def test_a_version_still_registering_is_deleted_only_with_force(tmp_path):
     """A registration that died half-way leaves its version REGISTERING: deleting it needs saying so."""
-    storage = open_storage({"uri": str(tmp_path)})
+    storage = open_storage(StorageConfig(uri=str(tmp_path)))
     record = {"name": "half", "version": 1, "status": REGISTERING, "run_id": "x", "tags": {}, "metrics": {}}
     assert storage.create_exclusive(storage.join("models", "half", "1", "version.json"), json.dumps(record).encode())
     refused = _dltrain("models", "delete", "half:1", "--yes", "--storage", str(tmp_path))
@@ -221,7 +223,7 @@ def test_a_registration_stalled_mid_copy_on_s3_is_deleted_only_with_force_and_th
     for key, value in server.env().items():
         monkeypatch.setenv(key, value)
     bucket = create_bucket(server)
-    storage = open_storage({"uri": f"s3://{bucket}/runs", "endpoint_url": server.endpoint_url})
+    storage = open_storage(StorageConfig(uri=f"s3://{bucket}/runs", endpoint_url=server.endpoint_url))
     run_id = _copy_run(completed_run, storage)
     outage = s3_outages.arm(r"/models/racing/1/model/", None)
     stalled = {"uri": f"s3://{bucket}/runs", "endpoint_url": s3_outages.endpoint_url, "retry_seconds": 300}
@@ -287,7 +289,7 @@ def test_two_resumes_of_a_lost_run_make_one_driver_and_a_deletion_and_a_resume_o
         racers.close()
 
 
-def _drive(storage_config: dict, started: Any, finish: Any) -> None:
+def _drive(storage_config: StorageConfig, started: Any, finish: Any) -> None:
     """A driver: create a run, beat for it until told to finish, then complete it."""
     run = RunStore(open_storage(storage_config)).create({"trainer": {}}, {})
     with run.heartbeat(seconds=0.5):
@@ -309,14 +311,14 @@ def test_a_run_whose_driver_is_alive_is_neither_resumed_nor_deleted(storage_conf
         )
         assert not claimed and claim_refusal.startswith(f"run {run_id} is PENDING: its driver "), claim_refusal
         assert not marked and delete_refusal.startswith(f"{run_id} PENDING: ")
-        cli = ["--storage", storage_config["uri"], *(["--endpoint-url", storage_config["endpoint_url"]]
-                                                     if "endpoint_url" in storage_config else [])]  # fmt: skip
+        endpoint = storage_config.endpoint_url
+        cli = ["--storage", storage_config.uri, *(["--endpoint-url", endpoint] if endpoint else [])]
         deleted = _dltrain("runs", "delete", run_id, "--yes", *cli)
         assert deleted.returncode == 2 and deleted.stderr.count("\n") == 1
         assert f"{run_id} PENDING: stop it first (or --force); nothing was deleted" in deleted.stderr
-        if "endpoint_url" not in storage_config:  # the whole command, once: it refuses before Ray starts
+        if storage_config.endpoint_url is None:  # the whole command, once: it refuses before Ray starts
             resumed = subprocess.run([sys.executable, "-m", "dltrain", f"resume={run_id}",
-                                      f"storage.uri={storage_config['uri']}"], capture_output=True, text=True,
+                                      f"storage.uri={storage_config.uri}"], capture_output=True, text=True,
                                      timeout=300)  # fmt: skip
             assert resumed.returncode == 2 and resumed.stderr.count("\n") == 1, resumed.stderr
             assert resumed.stderr.startswith(f"dltrain: error: resume={run_id}: run {run_id} is PENDING: its driver ")

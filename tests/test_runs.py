@@ -2,12 +2,14 @@
 
 import logging
 import re
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 
+from dltrain.config import completed_config
 from dltrain.errors import DltrainError
-from dltrain.launch import completed_config
+from dltrain.job import StorageConfig
 from dltrain.lifecycle import recorded
 from dltrain.runs import RunStore, new_run_id, redact
 from dltrain.storage import open_storage
@@ -15,7 +17,7 @@ from dltrain.storage import open_storage
 
 @pytest.fixture
 def store(tmp_path):
-    return RunStore(open_storage({"uri": str(tmp_path / "runs")}))
+    return RunStore(open_storage(StorageConfig(uri=str(tmp_path / "runs"))))
 
 
 def test_run_ids_are_readable_unique_and_time_sortable():
@@ -24,9 +26,20 @@ def test_run_ids_are_readable_unique_and_time_sortable():
     assert len(set(ids)) == 50
 
 
+def test_run_ids_and_status_times_order_by_the_microsecond_without_waiting(store):
+    ids = [new_run_id() for _ in range(50)]
+    assert ids == sorted(ids)  # the second, then the microsecond
+    run = store.create({}, {})
+    times = []
+    for status in ("RUNNING", "STOPPED"):
+        run.set_status(status)
+        times.append(datetime.fromisoformat(run.status()["updated"]))
+    assert times[0] < times[1]
+
+
 def test_relative_storage_paths_become_absolute(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    storage = open_storage({"uri": "relative/runs"})
+    storage = open_storage(StorageConfig(uri="relative/runs"))
     assert storage.root == str(tmp_path / "relative" / "runs")
 
 

@@ -18,12 +18,14 @@ from pathlib import Path
 import pyarrow.fs
 import pyarrow.parquet as pq
 import pytest
-from s3server import create_bucket
 
 from dltrain.cli import main as cli
 from dltrain.data import fashion_mnist
+from dltrain.job import StorageConfig
 from dltrain.runs import RunStore
 from dltrain.storage import open_storage
+
+from helpers.s3server import create_bucket
 
 DLTRAIN = str(Path(sys.executable).parent / "dltrain")  # the console script, as installed
 LIST_KEYS = {
@@ -422,7 +424,7 @@ def test_rerun_repeats_a_deterministic_run_exactly_and_records_its_provenance(co
 
 
 def test_runs_list_shows_runs_whose_files_do_not_read_as_unreadable_and_lists_the_rest(tmp_path):
-    store = RunStore(open_storage({"uri": str(tmp_path)}))
+    store = RunStore(open_storage(StorageConfig(uri=str(tmp_path))))
     runs = {name: store.create({"model": {"_target_": "dltrain.models.cnn.build_cnn"}, "trainer": {"epochs": 3}},
                                {}, f"20261201-00000{number}-{name}") for number, name in enumerate(
                                    ("good", "status", "config", "shape", "metric"))}  # fmt: skip

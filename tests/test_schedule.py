@@ -1,16 +1,20 @@
 """Learning-rate schedules: their shape, and that a resumed run continues them from its checkpoint."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
 from dltrain.models.cnn import build_cnn
 from dltrain.worker import compile_model, learning_rate
 
-TRAINER = {"optimizer": "adam", "learning_rate": 0.002, "lr_schedule": "cosine", "epochs": 3}
+from helpers.config import resolved
+
+TRAINER = replace(resolved().trainer, optimizer="adam", learning_rate=0.002, lr_schedule="cosine", epochs=3)
 
 
 def test_constant_schedule_is_the_learning_rate_itself():
-    assert learning_rate(TRAINER | {"lr_schedule": "constant"}, steps_per_epoch=10) == 0.002
+    assert learning_rate(replace(TRAINER, lr_schedule="constant"), steps_per_epoch=10) == 0.002
 
 
 def test_cosine_starts_at_the_learning_rate_and_decays_to_zero_over_every_epoch():

@@ -13,13 +13,15 @@ from pathlib import Path
 from typing import ClassVar
 
 import pytest
-from conftest import compose_config
 
 from dltrain import config
+from dltrain.job import StorageConfig
 from dltrain.provenance import command_line
 from dltrain.redaction import Scrubber, redact
 from dltrain.runs import RunStore
 from dltrain.storage import open_storage
+
+from helpers.config import compose_config
 
 DLTRAIN = str(Path(sys.executable).parent / "dltrain")
 PASSWORD, TOKEN = "pw-4f9e21", "tok-77ab91"  # in the callback's URL, and in one of its headers
@@ -56,7 +58,7 @@ def test_the_recorded_command_line_hides_secrets_inside_mapping_overrides():
     other = "+trainer.callbacks.other={_target_: keras.callbacks.History}"
     overrides = [_callback(9), other, "+trainer.callbacks.other.api_key=k-98765", "trainer.epochs=2"]
     job = config.resolve(compose_config(*overrides))
-    line = command_line(overrides, Scrubber(job))
+    line = command_line(overrides, Scrubber(config.to_mapping(job)))
     assert PASSWORD not in line and TOKEN not in line and "k-98765" not in line
     assert line == ("python -m dltrain +trainer.callbacks.remote={_target_: keras.callbacks.RemoteMonitor, root: "
                     f"http://***@127.0.0.1:9, headers: {{X-Api-Token: ***}}}} {other} "
@@ -78,7 +80,7 @@ def test_errors_never_echo_the_credentials_of_a_uri(command):
 
 def test_resume_and_rerun_of_a_run_with_redacted_values_name_the_keys_to_give_again(tmp_path):
     job = config.resolve(compose_config(_callback(9), f"storage.uri={tmp_path}"))
-    run = RunStore(open_storage({"uri": str(tmp_path)})).create(job, {})
+    run = RunStore(open_storage(StorageConfig(uri=str(tmp_path)))).create(config.to_mapping(job), {})
     run.set_status("FAILED", "the machine rebooted")
     assert PASSWORD not in (tmp_path / run.id / "config.yaml").read_text()
     keys = "trainer.callbacks.remote.root, trainer.callbacks.remote.headers.X-Api-Token"

@@ -23,12 +23,14 @@ import numpy as np
 import pyarrow.fs
 import pytest
 from PIL import Image
-from s3server import create_bucket
 
 from dltrain.data.idx import read_idx
+from dltrain.job import StorageConfig
 from dltrain.registry import Registry
 from dltrain.runs import RunStore
 from dltrain.storage import open_storage
+
+from helpers.s3server import create_bucket
 
 pytestmark = pytest.mark.slow
 
@@ -48,8 +50,8 @@ def served(completed_run, tmp_path_factory):
     storage = tmp_path_factory.mktemp("served")
     run_folder = storage / completed_run.name
     shutil.copytree(completed_run, run_folder)
-    Registry(open_storage({"uri": str(storage)})).register(
-        RunStore(open_storage({"uri": str(storage)})).get(run_folder.name), "fashion", {}, alias="production"
+    Registry(open_storage(StorageConfig(uri=str(storage)))).register(
+        RunStore(open_storage(StorageConfig(uri=str(storage)))).get(run_folder.name), "fashion", {}, alias="production"
     )
     port = _free_port()
     process = subprocess.Popen(

@@ -8,6 +8,7 @@ import os
 from collections.abc import Callable, Iterator
 
 from dltrain.errors import DltrainError
+from dltrain.job import StorageConfig
 from dltrain.registry import Registry
 from dltrain.runs import RunStore
 from dltrain.storage import check_storage, open_storage
@@ -39,7 +40,7 @@ def finite_number(text: str) -> float:
 
 def run_store(args: argparse.Namespace) -> RunStore:
     """The run store the storage options name; DltrainError in one line if it cannot be opened."""
-    config = {"uri": args.storage, "endpoint_url": args.endpoint_url, "region": args.region}
+    config = StorageConfig(uri=args.storage, endpoint_url=args.endpoint_url, region=args.region)
     try:
         check_storage(config)
         return RunStore(open_storage(config))

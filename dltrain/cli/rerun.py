@@ -7,7 +7,7 @@ CPU repeats the original's per-epoch losses and accuracies exactly.
 
 import argparse
 
-from dltrain.cli import train
+from dltrain.cli import hydra_entry
 from dltrain.cli.options import add_storage_options
 
 
@@ -27,5 +27,4 @@ def run(args: argparse.Namespace) -> None:
         storage.append(f"storage.uri={args.storage}")
     storage += [f"storage.endpoint_url={args.endpoint_url}"] if args.endpoint_url else []
     storage += [f"storage.region={args.region}"] if args.region else []
-    args.passed_on = [f"rerun={args.run_id}", *storage, *args.passed_on]
-    train.run(args)
+    hydra_entry.train([f"rerun={args.run_id}", *storage, *args.passed_on])

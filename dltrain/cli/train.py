@@ -1,7 +1,8 @@
 """`dltrain train key=value ...`: the same as `python -m dltrain key=value ...` (Hydra composes the config)."""
 
 import argparse
-import sys
+
+from dltrain.cli import hydra_entry
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -14,7 +15,4 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> None:
     """Hand the arguments (key=value overrides, Hydra's flags) to the Hydra entry point, as `python -m dltrain`."""
-    from dltrain.__main__ import main as hydra_main  # imported here: Hydra and TensorFlow load only for training
-
-    sys.argv = ["dltrain train", *args.passed_on]
-    hydra_main()
+    hydra_entry.train(args.passed_on)

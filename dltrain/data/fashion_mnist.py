@@ -11,6 +11,7 @@ from filelock import FileLock
 from dltrain.data.dataset import DataSet
 from dltrain.data.idx import IdxError, read_idx, verify_md5
 from dltrain.data.pipeline import ArrayBatches, Split, train_validation_split
+from dltrain.job import FashionMnistConfig, StorageConfig
 from dltrain.storage import cache_dir, cache_s3_folder
 
 # The official files and their published md5s (github.com/zalandoresearch/fashion-mnist).
@@ -106,56 +107,56 @@ def select(images: np.ndarray, labels: np.ndarray, classes: list[int] | None, pe
     return Split(images, labels)
 
 
-def class_names(dataset: dict) -> tuple[str, ...]:
+def class_names(dataset: FashionMnistConfig) -> tuple[str, ...]:
     """The names of the classes a `dataset` config trains on, in label order."""
-    classes = dataset["classes"]
+    classes = dataset.classes
     return CLASS_NAMES if classes is None else tuple(CLASS_NAMES[number] for number in classes)
 
 
-def _split(images: np.ndarray, labels: np.ndarray, test_images: np.ndarray, test_labels: np.ndarray, dataset: dict,
-           seed: int) -> dict[str, Split]:  # fmt: skip
+def _split(images: np.ndarray, labels: np.ndarray, test_images: np.ndarray, test_labels: np.ndarray,
+           dataset: FashionMnistConfig, seed: int) -> dict[str, Split]:  # fmt: skip
     """The train, validation and test splits a `dataset` config asks for."""
     train, validation = train_validation_split(
-        *select(images, labels, dataset["classes"], dataset["per_class"]), dataset["validation_split"], seed,
-        dataset["limit"],
+        *select(images, labels, dataset.classes, dataset.per_class), dataset.validation_split, seed,
+        dataset.limit,
     )  # fmt: skip
-    return {"train": train, "validation": validation, "test": select(test_images, test_labels, dataset["classes"])}
+    return {"train": train, "validation": validation, "test": select(test_images, test_labels, dataset.classes)}
 
 
-def splits(folder: Path, dataset: dict, seed: int) -> ArrayBatches:
+def splits(folder: Path, dataset: FashionMnistConfig, seed: int) -> ArrayBatches:
     """The train, validation and test splits a `dataset` config asks for, from the files in `folder`."""
     (images, labels), (test_images, test_labels) = load(folder)
-    return ArrayBatches(_split(images, labels, test_images, test_labels, dataset, seed), dataset["flip"],
-                        dataset["shift"])  # fmt: skip
+    return ArrayBatches(_split(images, labels, test_images, test_labels, dataset, seed), dataset.flip,
+                        dataset.shift)  # fmt: skip
 
 
-def _sizes(folder: Path, dataset: dict, seed: int) -> dict[str, int]:
+def _sizes(folder: Path, dataset: FashionMnistConfig, seed: int) -> dict[str, int]:
     """Samples per split, from the label files alone: the splits of the images' indices."""
     labels, test_labels = (read_idx(Path(folder) / FILES[key][0]) for key in ("train_labels", "test_labels"))
     indices = _split(np.arange(len(labels)), labels, np.arange(len(test_labels)), test_labels, dataset, seed)
     return {name: len(split.labels) for name, split in indices.items()}
 
 
-def _folder(dataset: dict, storage: dict) -> Path:
+def _folder(dataset: FashionMnistConfig, storage: StorageConfig) -> Path:
     """The local folder holding the verified files; an s3:// path is first cached on this machine, read with the
     storage's endpoint and region."""
-    path = dataset["path"]
+    path = dataset.path
     if path and path.startswith("s3://"):
         names = [name for name, _ in FILES.values()]
-        path = str(cache_s3_folder(path, names, storage["endpoint_url"], storage["region"], storage["retry_seconds"]))
-    return prepare(path, dataset["mirror"], locks=cache_dir() / "locks")
+        path = str(cache_s3_folder(path, names, storage.endpoint_url, storage.region, storage.retry_seconds))
+    return prepare(path, dataset.mirror, locks=cache_dir() / "locks")
 
 
-def describe(dataset: dict, storage: dict, seed: int) -> DataSet:
+def describe(dataset: FashionMnistConfig, storage: StorageConfig, seed: int) -> DataSet:
     """The driver's check of a `dataset` config: the files located (downloaded if needed) and verified."""
     folder = _folder(dataset, storage)
     # dataset.path is read on every node (each finds or downloads its own files where it is null).
     return DataSet(
         INPUT_SHAPE, class_names(dataset), str(folder), {name: md5 for name, md5 in FILES.values()},
-        _sizes(folder, dataset, seed), shared_path=dataset["path"],
+        _sizes(folder, dataset, seed), shared_path=dataset.path,
     )  # fmt: skip
 
 
-def batches(dataset: dict, data: DataSet, storage: dict, seed: int) -> ArrayBatches:
+def batches(dataset: FashionMnistConfig, data: DataSet, storage: StorageConfig, seed: int) -> ArrayBatches:
     """A worker's batches: the files located again on its own machine (whose cache may differ from the driver's)."""
     return splits(_folder(dataset, storage), dataset, seed)

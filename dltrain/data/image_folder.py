@@ -23,6 +23,7 @@ from PIL import Image
 from dltrain.data import shards
 from dltrain.data.dataset import DataSet
 from dltrain.data.pipeline import Batch, augment, draw_augmentation, prefetched, scale, steps_per_epoch
+from dltrain.job import ImageFolderConfig, StorageConfig
 from dltrain.storage import cache_dir, open_storage, resolver
 
 SPLITS = ("train", "validation", "test")
@@ -64,10 +65,10 @@ def _stratified(rows: np.ndarray, classes: np.ndarray, share: float, generator: 
     return np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, np.int64)
 
 
-def plan(filesystem: pafs.FileSystem, folder: str, index: dict, dataset: dict, seed: int) -> Plan:
+def plan(filesystem: pafs.FileSystem, folder: str, index: dict, dataset: ImageFolderConfig, seed: int) -> Plan:
     """Classes and splits of the shards in `folder` for the `dataset` config; ValueError in one line for a
     missing column, no class left, or a class without a training image."""
-    label = dataset["label"]
+    label = dataset.label
     columns = index["metadata_columns"]
     if label not in columns:
         raise ValueError(f"dataset.label={label}: no such column; the data's columns: {', '.join(columns)}")
@@ -76,12 +77,12 @@ def plan(filesystem: pafs.FileSystem, folder: str, index: dict, dataset: dict, s
     labels = np.array(table.column(label).to_pylist(), dtype=object)
     labelled = np.array([value is not None and value != "" for value in labels])
     names, counts = np.unique(labels[labelled].astype(str), return_counts=True)
-    kept = counts >= dataset["min_per_class"]
+    kept = counts >= dataset.min_per_class
     dropped = {str(name): int(count) for name, count in zip(names[~kept], counts[~kept], strict=True)}
     class_names = tuple(str(name) for name in names[kept])
     if not class_names:
         raise ValueError(
-            f"dataset.label={label}: no class has dataset.min_per_class={dataset['min_per_class']} images "
+            f"dataset.label={label}: no class has dataset.min_per_class={dataset.min_per_class} images "
             f"(the largest has {counts.max() if len(counts) else 0})"
         )
     number = {name: position for position, name in enumerate(class_names)}
@@ -90,17 +91,17 @@ def plan(filesystem: pafs.FileSystem, folder: str, index: dict, dataset: dict, s
     row_split = np.full(len(labels), -1, np.int8)
     row_split[used] = 0
     generator = np.random.default_rng(seed)
-    if dataset["test_split"] is None and has_split:
+    if dataset.test_split is None and has_split:
         given = np.array(table.column("split").to_pylist(), dtype=object)[used]
         unknown = sorted({str(value) for value in given if value not in _SPLIT_VALUES})
         if unknown:
             raise ValueError(f"the split column says {', '.join(unknown)}: expected {', '.join(_SPLIT_VALUES)}")
         row_split[used] = [_SPLIT_VALUES[value] for value in given]
     else:
-        share = DEFAULT_TEST_SPLIT if dataset["test_split"] is None else dataset["test_split"]
+        share = DEFAULT_TEST_SPLIT if dataset.test_split is None else dataset.test_split
         row_split[_stratified(used, row_class[used], share, generator)] = 2
     training = np.flatnonzero(row_split == 0)
-    row_split[_stratified(training, row_class[training], dataset["validation_split"], generator)] = 1
+    row_split[_stratified(training, row_class[training], dataset.validation_split, generator)] = 1
     trained = np.bincount(row_class[row_split == 0], minlength=len(class_names))
     if empty := [class_names[position] for position in np.flatnonzero(trained == 0)]:
         raise ValueError(f"class {empty[0]!r} has no training image (of {len(empty)} such classes): lower "
@@ -216,14 +217,16 @@ def _fingerprint(resolve: shards.Resolver, source: str) -> str:
     return digest.hexdigest()[:24]
 
 
-def _shards_of(dataset: dict, storage: dict, resolve: shards.Resolver) -> tuple[str, dict, list[str]]:
+def _shards_of(
+    dataset: ImageFolderConfig, storage: StorageConfig, resolve: shards.Resolver
+) -> tuple[str, dict, list[str]]:
     """(location, index, notes) of the shards a `dataset` config trains on: dataset.path itself where it holds
     shards, else shards made from the folder or manifest once, into the storage's datasets/ folder."""
-    if dataset["manifest"] is None:
-        index = shards.read_index(*resolve(dataset["path"]))
+    if dataset.manifest is None:
+        index = shards.read_index(*resolve(dataset.path))
         if index is not None:
-            return dataset["path"], index, []
-    source = dataset["manifest"] or dataset["path"]
+            return dataset.path, index, []
+    source = dataset.manifest or dataset.path
     key = _fingerprint(resolve, source)
     location = open_storage(storage).uri_of(PREPARED, key)
     locks = cache_dir() / "locks"
@@ -232,8 +235,8 @@ def _shards_of(dataset: dict, storage: dict, resolve: shards.Resolver) -> tuple[
         index = shards.read_index(*resolve(location))
         notes = []
         if index is None:
-            if dataset["manifest"]:
-                table = shards.read_manifest(resolve, source, dataset["allow_outside_paths"])
+            if dataset.manifest:
+                table = shards.read_manifest(resolve, source, dataset.allow_outside_paths)
             else:
                 table = shards.scan_folder(resolve, source)
             shards.prepare(resolve, table, location, SHARD_BYTES)
@@ -245,7 +248,7 @@ def _shards_of(dataset: dict, storage: dict, resolve: shards.Resolver) -> tuple[
     return location, index, notes
 
 
-def describe(dataset: dict, storage: dict, seed: int) -> DataSet:
+def describe(dataset: ImageFolderConfig, storage: StorageConfig, seed: int) -> DataSet:
     """The driver's check of a `dataset` config: its shards (made first from a folder or manifest), classes and
     splits; ValueError or OSError in one line where it cannot be trained on."""
     resolve = resolver(storage)
@@ -254,24 +257,24 @@ def describe(dataset: dict, storage: dict, seed: int) -> DataSet:
     if split.dropped_classes:
         dropped = ", ".join(f"{name} ({count})" for name, count in split.dropped_classes.items())
         notes.append(f"dropped {len(split.dropped_classes)} class(es) with fewer than dataset.min_per_class="
-                     f"{dataset['min_per_class']} images: {dropped}")  # fmt: skip
+                     f"{dataset.min_per_class} images: {dropped}")  # fmt: skip
     if split.unlabelled:
-        notes.append(f"left out {split.unlabelled} image(s) without a {dataset['label']} value")
-    input_shape = (dataset["image_size"], dataset["image_size"], dataset["channels"])
+        notes.append(f"left out {split.unlabelled} image(s) without a {dataset.label} value")
+    input_shape = (dataset.image_size, dataset.image_size, dataset.channels)
     md5s = {shard["file"]: shard["md5"] for shard in index["shards"]}
     # Workers read only the shards: a raw folder or manifest need be on the driver alone, and shards prepared
     # into the storage are checked with it. Shards given as dataset.path must be on every node.
-    shared = location if location == dataset["path"] else None
+    shared = location if location == dataset.path else None
     return DataSet(input_shape, split.class_names, location, md5s, split.counts(), tuple(notes), shared)
 
 
-def batches(dataset: dict, data: DataSet, storage: dict, seed: int) -> ShardBatches:
+def batches(dataset: ImageFolderConfig, data: DataSet, storage: StorageConfig, seed: int) -> ShardBatches:
     """A worker's batches of the data set the driver described as `data`."""
     filesystem, folder = resolver(storage)(data.location)
     index = shards.read_index(filesystem, folder)
     if index is None:
         raise FileNotFoundError(f"{data.location} holds no {shards.INDEX_FILE}: the prepared data set is gone")
     return ShardBatches(
-        filesystem, folder, index, plan(filesystem, folder, index, dataset, seed), dataset["image_size"],
-        dataset["channels"], dataset["flip"], dataset["shift"], dataset["shuffle_buffer"],
+        filesystem, folder, index, plan(filesystem, folder, index, dataset, seed), dataset.image_size,
+        dataset.channels, dataset.flip, dataset.shift, dataset.shuffle_buffer,
     )  # fmt: skip

@@ -8,6 +8,7 @@ import argparse
 
 from dltrain.cli.options import add_storage_options, finite_number
 from dltrain.errors import DltrainError
+from dltrain.job import StorageConfig
 
 DEFAULT_SHARD_MB = 64  # a few seconds' reading per shard; many shards let workers read in a new order each epoch
 
@@ -33,7 +34,7 @@ def run(args: argparse.Namespace) -> None:
 
     if args.shard_mb <= 0:
         raise DltrainError(f"--shard-mb {args.shard_mb}: expected a number of MB > 0")
-    resolve = resolver({"endpoint_url": args.endpoint_url, "region": args.region})
+    resolve = resolver(StorageConfig(uri=None, endpoint_url=args.endpoint_url, region=args.region))
     try:
         done = shards.read_index(*resolve(args.destination)) is not None
     except (OSError, ValueError) as error:

@@ -4,8 +4,8 @@ models/ that does not read as a model is listed as unreadable, and the rest are 
 import argparse
 
 from dltrain import formatting
+from dltrain.cli.cells import moment, number
 from dltrain.cli.options import add_storage_options, registry
-from dltrain.cli.runs.overview import moment, number
 from dltrain.registry import DELETED, READY, Registry
 from dltrain.retrying_fs import StorageUnavailable
 

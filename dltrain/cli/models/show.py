@@ -3,8 +3,8 @@
 import argparse
 
 from dltrain import formatting
+from dltrain.cli.cells import moment, number
 from dltrain.cli.options import add_storage_options, one_line_errors, registry
-from dltrain.cli.runs.overview import moment, number
 from dltrain.registry import parse_reference
 
 

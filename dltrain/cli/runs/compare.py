@@ -6,10 +6,10 @@ from pathlib import Path
 from typing import Any
 
 from dltrain import formatting
+from dltrain.cli.cells import cell
+from dltrain.cli.curves import check_output, write_curves
 from dltrain.cli.options import add_storage_options, run_store
-from dltrain.cli.runs.metrics import cell
 from dltrain.cli.runs.overview import overview, read, run_named
-from dltrain.cli.runs.plot import check_output, write_curves
 from dltrain.errors import DltrainError
 from dltrain.search_space import flatten
 

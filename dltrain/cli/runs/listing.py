@@ -6,8 +6,9 @@ import itertools
 import sys
 
 from dltrain import formatting
+from dltrain.cli.cells import moment, number
 from dltrain.cli.options import add_storage_options, run_store
-from dltrain.cli.runs.overview import UNREADABLE, moment, number, overview
+from dltrain.cli.runs.overview import UNREADABLE, overview
 from dltrain.errors import DltrainError
 from dltrain.runs import STATUSES, check_run_id
 

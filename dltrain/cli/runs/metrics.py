@@ -5,6 +5,7 @@ import csv
 import sys
 
 from dltrain import formatting
+from dltrain.cli.cells import cell
 from dltrain.cli.options import add_run_command, run_store
 from dltrain.cli.runs.overview import run_named
 
@@ -13,11 +14,6 @@ def register(subcommands: argparse._SubParsersAction) -> None:
     """Add `runs metrics`."""
     command = add_run_command(subcommands, "metrics", "a run's per-epoch metrics", __doc__, run)
     command.add_argument("--csv", action="store_true", help="CSV with a header row, for a spreadsheet or pandas")
-
-
-def cell(value: object) -> str:
-    """A metric as the tables show it: 4 decimals for a float."""
-    return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
 def run(args: argparse.Namespace) -> None:

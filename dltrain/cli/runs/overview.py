@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 
-from dltrain import formatting
+from dltrain.config import saved_overview
 from dltrain.errors import DltrainError
 from dltrain.references import named_run
 from dltrain.retrying_fs import StorageUnavailable
@@ -61,7 +61,7 @@ def read(run: Run) -> dict[str, Any]:
         "status": _load(run, "status.json", run.status),
         "config": config,
         "summary": _load(run, "summary.json", run.summary) if exists(f"{run.path}/summary.json") else {},
-        "history": [] if config.get("sweep") is not None else _load(run, "metrics.parquet", run.metrics, list),
+        "history": [] if saved_overview(config).sweep else _load(run, "metrics.parquet", run.metrics, list),
     }
 
 
@@ -80,8 +80,9 @@ def overview(run: Run, files: dict[str, Any] | None = None) -> dict[str, Any]:
 
 
 def _overview(run: Run, files: dict[str, Any]) -> dict[str, Any]:
-    status, config, summary, history = files["status"], files["config"], files["summary"], files["history"]
-    sweep = config.get("sweep") is not None
+    status, summary, history = files["status"], files["summary"], files["history"]
+    saved = saved_overview(files["config"])
+    sweep = saved.sweep
     started = status.get("started")
     best = _best([row.get("val_accuracy") for row in history])
     if sweep and summary.get("metric") == "val_accuracy" and summary.get("best"):
@@ -89,12 +90,12 @@ def _overview(run: Run, files: dict[str, Any]) -> dict[str, Any]:
     return {
         "id": run.id,
         "kind": "sweep" if sweep else "run",
-        "model": formatting.model_name(config.get("model", {})),
-        "dataset": config.get("dataset", {}).get("name", "?"),
+        "model": saved.model,
+        "dataset": saved.dataset,
         "status": observed_status(status),
-        "workers": formatting.workers(config.get("resources", {})),
+        "workers": saved.workers,
         "epochs_done": None if sweep else len(history),
-        "epochs": config.get("trainer", {}).get("epochs"),
+        "epochs": saved.epochs,
         "best_val_accuracy": best,
         "test_accuracy": summary.get("test_accuracy", summary.get("best", {}).get("test_accuracy") if sweep else None),
         "started": started,
@@ -103,13 +104,3 @@ def _overview(run: Run, files: dict[str, Any]) -> dict[str, Any]:
         "error": status.get("error"),
         "uri": run.uri,
     }
-
-
-def moment(iso: str | None) -> str:
-    """`2026-12-01 15:31` (UTC); `-` when unknown."""
-    return datetime.fromisoformat(iso).strftime("%Y-%m-%d %H:%M") if iso else "-"
-
-
-def number(value: float | None) -> str:
-    """`0.9120`; `-` when unknown."""
-    return "-" if value is None else f"{value:.4f}"

@@ -5,9 +5,9 @@ import argparse
 from typing import Any
 
 from dltrain import formatting
+from dltrain.cli.cells import cell, moment
 from dltrain.cli.options import add_run_command, one_line_errors, run_store
-from dltrain.cli.runs.metrics import cell
-from dltrain.cli.runs.overview import moment, overview, read, run_named
+from dltrain.cli.runs.overview import overview, read, run_named
 from dltrain.search_space import flatten
 
 EPOCH_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds", "samples_per_second")
@@ -27,7 +27,7 @@ def _defaults() -> dict[str, Any]:
     from dltrain.__main__ import CONFIG_DIR
 
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return flatten(config.resolve(compose(config_name="config")))
+        return flatten(config.to_mapping(config.resolve(compose(config_name="config"))))
 
 
 def config_changes(saved: dict) -> dict[str, dict[str, Any]]:

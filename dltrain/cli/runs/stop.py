@@ -11,6 +11,7 @@ import time
 
 from dltrain.cli.options import add_run_command, run_store
 from dltrain.cli.runs.overview import run_named
+from dltrain.config import saved_overview
 from dltrain.errors import DltrainError
 from dltrain.runs import ENDED, observed_status
 
@@ -29,7 +30,7 @@ def run(args: argparse.Namespace) -> None:
     status = observed_status(selected.status())
     if status not in ("PENDING", "RUNNING"):
         raise DltrainError(f"run {selected.id} is {status}: only a PENDING or RUNNING run can be stopped")
-    if selected.config().get("sweep") is not None:
+    if saved_overview(selected.config()).sweep:
         raise DltrainError(f"{selected.id} is a sweep: stop its trials (dltrain runs list --sweep {selected.id})")
     selected.request_stop(f"{getpass.getuser()}@{socket.gethostname()}")
     print(f"dltrain: asked run {selected.id} to stop; it stops at the end of its current epoch", flush=True)

@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from netns_cluster import RAY, START_TIMEOUT_S, _ip, _kill_tree, namespaces_unavailable
+from helpers.netns_cluster import RAY, START_TIMEOUT_S, _ip, _kill_tree, namespaces_unavailable
 
 GCS_ADDRESS = "127.0.0.1:6379"  # inside the cluster's own namespace
 FAKE_HEAD_ID = "f" * 51 + "00000"  # the fake provider's id of the head (FAKE_HEAD_NODE_ID)

@@ -6,6 +6,9 @@ and the proxy stops listening, so new connections are refused, as with a stopped
 with seconds=None, when the test calls `end(outage)`) it listens again on the same port. Outages fire in the
 order they were armed, each once; each records when it began and ended. The S3 server behind the proxy keeps
 running, so an outage lasts exactly as long as asked.
+
+Every request line the proxy sees is kept, in order (`proxy.requests`): a test counts what a client asked for,
+and so tells a request made once from one retried.
 """
 
 from __future__ import annotations
@@ -19,10 +22,11 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 
 import pytest
-from s3server import S3Server
+
+from helpers.s3server import S3Server
 
 HOST = "127.0.0.1"
-_REQUEST_LINE = re.compile(rb"(?m)^(?:GET|PUT|POST|HEAD|DELETE) (\S+) HTTP/1\.[01]\r?$")
+_REQUEST_LINE = re.compile(rb"(?m)^(GET|PUT|POST|HEAD|DELETE) (\S+) HTTP/1\.[01]\r?$")
 
 
 @dataclass
@@ -43,6 +47,7 @@ class OutageProxy:
     def __init__(self, upstream: tuple[str, int]):
         self.upstream = upstream
         self.armed: list[Outage] = []
+        self.requests: list[str] = []  # "METHOD path?query" of every request line seen, forwarded or not
         self._lock = threading.Lock()
         self._connections: set[socket.socket] = set()
         self._listener: socket.socket | None = None
@@ -107,7 +112,8 @@ class OutageProxy:
                     # only where a line ends in the new data.
                     seen, fresh_from = tail + data, len(tail)
                     tail = seen[-512:]
-                    outage = self._triggered(seen, fresh_from)
+                    lines = [line for line in _REQUEST_LINE.finditer(seen) if line.end() > fresh_from]
+                    outage = self._triggered(lines)
                     if outage is not None:
                         self._begin(outage)
                         return
@@ -122,12 +128,17 @@ class OutageProxy:
             with self._lock:
                 self._connections -= {source, target}
 
-    def _triggered(self, data: bytes, fresh_from: int) -> Outage | None:
+    def requests_for(self, pattern: str) -> list[str]:
+        """The request lines seen so far ("METHOD path"), in order, whose path matches `pattern` (a regex)."""
         with self._lock:
-            if not self.armed:
-                return None
-            for match in _REQUEST_LINE.finditer(data):
-                if match.end() > fresh_from and self.armed[0].pattern.search(match[1]):
+            return [line for line in self.requests if re.search(pattern, line.partition(" ")[2])]
+
+    def _triggered(self, lines: list[re.Match[bytes]]) -> Outage | None:
+        """Record the request `lines`; the armed outage the first line that matches it starts, if any."""
+        with self._lock:
+            self.requests += [f"{line[1].decode()} {line[2].decode()}" for line in lines]
+            for line in lines:
+                if self.armed and self.armed[0].pattern.search(line[2]):
                     return self.armed.pop(0)
         return None
 
