@@ -107,24 +107,37 @@ def ensure_capacity(resources: ResourcesConfig, per_worker: dict[str, float], wa
 
 
 def _wait_for_autoscaler(workers: int, per_worker: dict[str, float], wait_s: float) -> None:
-    """Ask the autoscaler for the workers' nodes with a placement group of their bundles, and wait for it."""
-    demand, started = describe_demand(workers, per_worker), time.monotonic()
+    """Ask the autoscaler for the workers' nodes with a placement group of their bundles, and wait for it.
+
+    The waiting line says what the cluster had when the wait began, and which nodes the autoscaler is adding once
+    it says (or after _ANNOUNCE_S without an answer, or at the end if the nodes came first)."""
+    demand, started, before = describe_demand(workers, per_worker), time.monotonic(), _has(per_worker)
     ours = Counter({ray_private.bundle(per_worker): workers})
     group = placement_group([per_worker] * workers, strategy="PACK")  # as Ray Train places a run's workers
-    announced, silent_updates, last_update = False, 0, None
+    coming: dict[str, int] = {}
+    updates_seen, silent_updates, last_update, announced = 0, 0, None, False
+
+    def announce() -> None:
+        nonlocal announced
+        if not announced:
+            announced = True
+            adding = ", ".join(f"{count} {kind}" for kind, count in coming.items())
+            print(f"dltrain: waiting for the cluster's autoscaler (up to ray.wait_for_workers_s={wait_s:g} s): "
+                  f"resources need {demand}; the cluster has {before} now"
+                  f"{f'; adding {adding} node(s)' if adding else ''}", flush=True)  # fmt: skip
+
     try:
         while not ray.wait([group.ready()], timeout=_POLL_S)[0]:
             waited = time.monotonic() - started
             report = ray_private.autoscaler_report()
-            seen = report is not None and ours in report.pending
             if report is not None and report.infeasible is not None and ours in report.infeasible:
                 raise DltrainError(
                     f"resources need {demand}; the cluster's autoscaler reports that no node type it may add can "
                     f"hold them (the cluster has {_has(per_worker)} now): lower resources.num_workers, or add a "
                     "larger node type to the cluster's config"
                 )
-            if report is not None and report.update != last_update and seen:
-                last_update = report.update
+            if report is not None and report.update != last_update and ours in report.pending:
+                last_update, updates_seen = report.update, updates_seen + 1
                 silent = not report.adding and _slots(_nodes(), per_worker) < workers
                 silent_updates = silent_updates + 1 if silent else 0
             if report is not None and report.infeasible is None and silent_updates >= _SILENT_UPDATES:
@@ -133,17 +146,17 @@ def _wait_for_autoscaler(workers: int, per_worker: dict[str, float], wait_s: flo
                     f"its max_workers, can hold them; the cluster has {_has(per_worker)} now): lower "
                     "resources.num_workers, or add a larger node type to the cluster's config"
                 )
-            if not announced and (seen or waited > _ANNOUNCE_S):
-                announced = True
-                coming = ", ".join(f"{count} {kind}" for kind, count in (report.adding if report else {}).items())
-                print(f"dltrain: waiting for the cluster's autoscaler (up to ray.wait_for_workers_s={wait_s:g} s): "
-                      f"resources need {demand}; the cluster has {_has(per_worker)} now"
-                      f"{f'; adding {coming} node(s)' if coming else ''}", flush=True)  # fmt: skip
+            coming = (report.adding if report is not None else {}) or coming
+            # The autoscaler has answered once it says what it adds, or after an update beyond the one that saw the
+            # demand (the GCS lists a new demand before the autoscaler has looked at it).
+            if coming or updates_seen >= 2 or waited > _ANNOUNCE_S:
+                announce()
             if waited > wait_s:
                 raise DltrainError(
                     f"resources need {demand}; the cluster's autoscaler did not add them within "
                     f"ray.wait_for_workers_s={wait_s:g} s (the cluster has {_has(per_worker)} now)"
                 )
+        announce()
         print(f"dltrain: {demand} placed after {time.monotonic() - started:.0f} s; the cluster has "
               f"{_has(per_worker)} now", flush=True)  # fmt: skip
     finally:

@@ -14,25 +14,24 @@ from dltrain.data.dataset import DataSet
 from dltrain.errors import DltrainError
 from dltrain.job import Job, StorageConfig
 from dltrain.logs import scrubbing
-from dltrain.provenance import provenance
+from dltrain.provenance import command_line, provenance
 from dltrain.redaction import Scrubber, redacted_paths
 from dltrain.references import named_run
 from dltrain.runs import Run, RunStore, check_not_live
 from dltrain.stage import remove_left_behind, temporary_name
-from dltrain.storage import Storage, check_storage, open_storage
+from dltrain.storage import Storage, open_checked
 from dltrain.sweep.driver import run_sweep
 from dltrain.sweep.trial import check_trial_models
 
 
 def _open_storage(settings: StorageConfig) -> Storage:
     """The storage `settings` name, checked, with the final statuses this machine kept for it written."""
+    storage = open_checked(settings)
     try:
-        check_storage(settings)
-        storage = open_storage(settings)
         RunStore(storage).write_pending()
-        return storage
     except (OSError, ValueError) as error:
         raise DltrainError(f"storage: {error}") from error
+    return storage
 
 
 def train(job: Job, driver_log: Path | None = None, overrides: list[str] | None = None) -> dict:
@@ -70,8 +69,7 @@ def train(job: Job, driver_log: Path | None = None, overrides: list[str] | None 
         check_trial_models(job, data, driver_log)
     scrub = Scrubber(config.to_mapping(job))  # what the saved config hides, kept out of the logs and errors too
     if run is None:
-        record = provenance(data, overrides or [], scrub, job.rerun)
-        run = RunStore(storage).create(config.to_mapping(job), worker.versions(job.framework.name), provenance=record)
+        run = lifecycle.create_run(storage, job, provenance(data, command_line(overrides or [], scrub), job.rerun))
         rerun = f" (a rerun of {job.rerun})" if job.rerun else ""
         print(f"dltrain: {kind} {run.id}{rerun} -> {run.uri}", flush=True)
     else:

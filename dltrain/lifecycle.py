@@ -15,6 +15,7 @@ import ray.train
 from ray.actor import ActorHandle
 
 from dltrain import cluster, frameworks, plots, worker
+from dltrain.config import to_mapping
 from dltrain.data import describe
 from dltrain.data.dataset import DataSet
 from dltrain.data.idx import IdxError
@@ -24,7 +25,8 @@ from dltrain.logs import output_to
 from dltrain.redaction import scrub_urls
 from dltrain.retrying_fs import unavailable_in
 from dltrain.run_context import RunContext
-from dltrain.runs import FINAL_STATUS_WINDOWS, Run, StatusPending
+from dltrain.runs import FINAL_STATUS_WINDOWS, Run, RunStore, StatusPending
+from dltrain.storage import Storage
 
 log = logging.getLogger("dltrain")
 
@@ -44,6 +46,12 @@ def check_data(job: Job) -> DataSet:
         raise DltrainError(f"dataset: {data.sizes['train']} training samples, fewer than one global batch "
                            f"(trainer.batch_size={job.trainer.batch_size})")  # fmt: skip
     return data
+
+
+def create_run(storage: Storage, job: Job, record: dict, run_id: str | None = None) -> Run:
+    """The one place a run folder is made, for runs and sweeps' trials alike: its config, its provenance `record`
+    (provenance.py) and the versions of its framework (a new id unless `run_id` is given)."""
+    return RunStore(storage).create(to_mapping(job), worker.versions(job.framework.name), run_id, record)
 
 
 def check_model(job: Job, data: DataSet, driver_log: Path | None) -> int:

@@ -10,8 +10,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from dltrain.job import StorageConfig
+from dltrain.references import model_folder
 from dltrain.runs import MODEL_FILE
-from dltrain.serving.source import locate
 from dltrain.storage import open_storage, resolver
 
 
@@ -30,7 +30,9 @@ def local_weights(reference: object, storage_config: StorageConfig | None) -> It
             with filesystem.open_input_stream(path) as stream:
                 data, name = stream.read(), reference.rsplit("/", 1)[-1]
         else:
-            data, name = locate(open_storage(storage_config), reference.partition(":")[2]).model_bytes, MODEL_FILE
+            storage = open_storage(storage_config)
+            folder = model_folder(storage, reference.partition(":")[2])
+            data, name = storage.read_bytes(f"{folder.path}/{MODEL_FILE}"), MODEL_FILE
     except (OSError, ValueError) as error:
         raise ValueError(f"model.weights={reference}: {error}") from error
     with tempfile.TemporaryDirectory(prefix="dltrain-weights-") as folder:

@@ -63,14 +63,15 @@ def command_line(overrides: list[str], scrub: Scrubber) -> str:
     return " ".join(["python -m dltrain", *shown])
 
 
-def provenance(data: DataSet, overrides: list[str], scrub: Scrubber, rerun_of: str | None = None) -> dict[str, Any]:
-    """The provenance.json of a run on the data set `data`, started with Hydra `overrides` in which `scrub` hides
-    the run's secrets (a rerun: of run `rerun_of`)."""
+def provenance(data: DataSet, command: str, rerun_of: str | None = None, trial_of: str | None = None) -> dict[str, Any]:
+    """The provenance.json of a run on the data set `data`, started by `command` (command_line: a sweep's trial
+    records its sweep's, and the sweep as `trial_of`; a rerun records the run it repeats as `rerun_of`)."""
     import dltrain
 
     return {
-        "command": command_line(overrides, scrub),
+        "command": command,
         "rerun_of": rerun_of,
+        **({"trial_of": trial_of} if trial_of else {}),
         "git": git_commit(Path(dltrain.__file__).parent),
         "data_md5": data.files_md5,  # Fashion-MNIST's files (verified) or the Parquet shards read
     }

@@ -190,12 +190,6 @@ class Registry:
             raise ValueError(f"{name}:{version} is {records[version]['status']}, not READY")
         return records[version]
 
-    def run_id_of(self, text: str) -> str:
-        """`text` if it is not a model reference; else the id of the run that NAME:N or NAME@alias came from."""
-        if ":" not in text and "@" not in text:  # a run id has neither
-            return text
-        return self.get(text)["run_id"]
-
     def model_path(self, record: dict) -> str:
         """The storage path of a version's model/ folder (model.keras, test metrics, confusion matrix)."""
         return f"{self._path(record['name'], record['version'])}/model"

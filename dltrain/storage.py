@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 
 import pyarrow.fs as pafs
 
+from dltrain.errors import DltrainError
 from dltrain.job import DEFAULT_RETRY_SECONDS, StorageConfig
 from dltrain.redaction import scrub_urls
 from dltrain.retrying_fs import retried, retrying, with_retry_seconds
@@ -423,6 +424,16 @@ def check_storage(config: StorageConfig) -> None:
     if config.uri and config.uri.startswith("s3://"):
         bucket, _ = parse_s3_uri(config.uri)
         check_bucket(bucket, config.endpoint_url, config.region, config.create_bucket)
+
+
+def open_checked(config: StorageConfig) -> Storage:
+    """The storage `config` names, its S3 bucket checked (credentials, endpoint); DltrainError in one line where
+    it cannot be used."""
+    try:
+        check_storage(config)
+        return open_storage(config)
+    except (OSError, ValueError) as error:
+        raise DltrainError(f"storage: {error}") from error
 
 
 def resolver(config: StorageConfig) -> Callable[[str], tuple[pafs.FileSystem, str]]:

@@ -146,6 +146,11 @@ def _check_trials_table(storage: Path, sweep_id: str, keys: list[str]) -> list[d
         assert row["best_val_accuracy"] == max(h["val_accuracy"] for h in history)
         assert all(row[key] == flatten(config)[key] for key in keys)
         assert (row["status"] == "COMPLETED") == (run / "summary.json").is_file()
+        # Made as every run is made: its provenance is the sweep's command, its own data's md5s and its sweep.
+        trial_record, sweep_record = (json.loads((folder / "provenance.json").read_text()) for folder in
+                                      (run, storage / sweep_id))  # fmt: skip
+        assert trial_record["trial_of"] == sweep_id and trial_record["data_md5"]
+        assert trial_record["command"] == sweep_record["command"]
     assert (storage / sweep_id / "plots" / "trials.png").read_bytes().startswith(b"\x89PNG")
     return rows
 

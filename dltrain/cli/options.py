@@ -5,13 +5,14 @@ import argparse
 import contextlib
 import math
 import os
+import sys
 from collections.abc import Callable, Iterator
 
 from dltrain.errors import DltrainError
 from dltrain.job import StorageConfig
 from dltrain.registry import Registry
 from dltrain.runs import RunStore
-from dltrain.storage import check_storage, open_storage
+from dltrain.storage import open_checked
 
 
 def add_storage_options(parser: argparse.ArgumentParser) -> None:
@@ -40,12 +41,7 @@ def finite_number(text: str) -> float:
 
 def run_store(args: argparse.Namespace) -> RunStore:
     """The run store the storage options name; DltrainError in one line if it cannot be opened."""
-    config = StorageConfig(uri=args.storage, endpoint_url=args.endpoint_url, region=args.region)
-    try:
-        check_storage(config)
-        return RunStore(open_storage(config))
-    except (OSError, ValueError) as error:
-        raise DltrainError(f"storage: {error}") from error
+    return RunStore(open_checked(StorageConfig(uri=args.storage, endpoint_url=args.endpoint_url, region=args.region)))
 
 
 def add_run_command(
@@ -58,6 +54,19 @@ def add_run_command(
     add_storage_options(command)
     command.set_defaults(handler=handler)
     return command
+
+
+def confirmed(args: argparse.Namespace, question: str) -> bool:
+    """Whether to go on deleting: --yes, or a yes to `question` on the terminal; DltrainError in one line where
+    there is no terminal to ask. A no says that nothing was deleted."""
+    if args.yes:
+        return True
+    if not sys.stdin.isatty():
+        raise DltrainError("deleting needs --yes where there is no terminal to ask; nothing was deleted")
+    if input(f"{question} [y/N] ").strip().lower() in ("y", "yes"):
+        return True
+    print("nothing was deleted")
+    return False
 
 
 def registry(args: argparse.Namespace) -> Registry:

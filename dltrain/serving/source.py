@@ -4,8 +4,8 @@ storage into memory, with its class names and where it came from."""
 import dataclasses
 import json
 
-from dltrain.registry import Registry
-from dltrain.runs import CONFUSION_MATRIX_FILE, MODEL_FILE, RunStore
+from dltrain.references import model_folder
+from dltrain.runs import CONFUSION_MATRIX_FILE, MODEL_FILE
 from dltrain.storage import Storage
 
 
@@ -28,22 +28,13 @@ class ModelSource:
 def locate(storage: Storage, reference: str) -> ModelSource:
     """The model `reference` names in `storage`; ValueError in one line if there is none (an unknown run or name,
     a run that has not completed)."""
-    runs = RunStore(storage)
-    if ":" in reference or "@" in reference:
-        registry = Registry(storage)
-        record = registry.get(reference)
-        folder, run_id, name, version = registry.model_path(record), record["run_id"], record["name"], record["version"]
-    else:
-        run = runs.get(reference)
-        if not run.has_final_model():
-            raise ValueError(f"run {reference} has no final model ({run.status()['status']}): serve a COMPLETED run")
-        folder, run_id, name, version = f"{run.path}/model", run.id, run.id, None
-    model_bytes = storage.read_bytes(f"{folder}/{MODEL_FILE}")
-    confusion = f"{folder}/{CONFUSION_MATRIX_FILE}"
+    folder = model_folder(storage, reference)
+    model_bytes = storage.read_bytes(f"{folder.path}/{MODEL_FILE}")
+    confusion = f"{folder.path}/{CONFUSION_MATRIX_FILE}"
     if storage.exists(confusion):
         class_names = json.loads(storage.read_bytes(confusion))["class_names"]
     else:  # a Fashion-MNIST run from before class names were stored beside its model
         from dltrain.data import fashion_mnist  # imports Keras: only here, so that `dltrain --help` stays quick
 
         class_names = list(fashion_mnist.CLASS_NAMES)
-    return ModelSource(model_bytes, class_names, reference, run_id, name, version)
+    return ModelSource(model_bytes, class_names, reference, folder.run_id, folder.name, folder.version)

@@ -7,10 +7,11 @@ from ray import tune
 from ray.actor import ActorHandle
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from dltrain import config, lifecycle, worker
+from dltrain import config, lifecycle
 from dltrain.data.dataset import DataSet
 from dltrain.errors import DltrainError
 from dltrain.job import Job, SweepConfig
+from dltrain.provenance import provenance
 from dltrain.redaction import Scrubber
 from dltrain.runs import ENDED, Run, RunStore
 from dltrain.storage import open_storage
@@ -54,8 +55,9 @@ def run_trial(params: dict, job: Job, data: DataSet, sweep_id: str, per_worker: 
     try:
         run, resuming = store.get(run_id), True
     except ValueError:
-        versions = worker.versions(trial_job.framework.name)
-        run, resuming = store.create(config.to_mapping(trial_job), versions, run_id), False
+        command = (store.get(sweep_id).provenance() or {}).get("command")  # the sweep's own
+        record = provenance(data, command, trial_of=sweep_id)
+        run, resuming = lifecycle.create_run(store.storage, trial_job, record, run_id), False
     if run.status()["status"] != "COMPLETED":
         if resuming:
             run.claim()  # ValueError where another live driver has it

@@ -4,9 +4,8 @@ A version still REGISTERING (a registration copying it, or one that died doing s
 a registration still under way then fails rather than make it READY."""
 
 import argparse
-import sys
 
-from dltrain.cli.options import add_storage_options, one_line_errors, registry
+from dltrain.cli.options import add_storage_options, confirmed, one_line_errors, registry
 from dltrain.errors import DltrainError
 from dltrain.registry import parse_reference
 
@@ -27,12 +26,8 @@ def run(args: argparse.Namespace) -> None:
         name, version, _ = parse_reference(args.reference)
     if version is None:
         raise DltrainError(f"{args.reference!r}: give one version, NAME:N")
-    if not args.yes:
-        if not sys.stdin.isatty():
-            raise DltrainError("deleting needs --yes where there is no terminal to ask; nothing was deleted")
-        if input(f"delete {name}:{version}? [y/N] ").strip().lower() not in ("y", "yes"):
-            print("nothing was deleted")
-            return
+    if not confirmed(args, f"delete {name}:{version}?"):
+        return
     with one_line_errors():
         registry(args).delete(name, version, args.force)
     print(f"deleted {name}:{version}")

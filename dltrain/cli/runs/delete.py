@@ -1,9 +1,8 @@
 """`dltrain runs delete ID... [--yes] [--force]`: remove runs' whole folders, on local storage and on S3."""
 
 import argparse
-import sys
 
-from dltrain.cli.options import add_storage_options, run_store
+from dltrain.cli.options import add_storage_options, confirmed, run_store
 from dltrain.cli.runs.overview import run_named
 from dltrain.errors import DltrainError
 from dltrain.runs import LIVE, observed_status
@@ -28,13 +27,8 @@ def run(args: argparse.Namespace) -> None:
     live = [f"{selected.id} {status}" for selected in runs if (status := observed_status(selected.status())) in LIVE]
     if live and not args.force:
         raise DltrainError(f"{', '.join(live)}: stop it first (or --force); nothing was deleted")
-    if not args.yes:
-        if not sys.stdin.isatty():
-            raise DltrainError("deleting needs --yes where there is no terminal to ask; nothing was deleted")
-        answer = input(f"delete {len(runs)} run(s) and all their files from {store.storage.uri}? [y/N] ")
-        if answer.strip().lower() not in ("y", "yes"):
-            print("nothing was deleted")
-            return
+    if not confirmed(args, f"delete {len(runs)} run(s) and all their files from {store.storage.uri}?"):
+        return
     marked = []
     try:
         for selected in runs:  # a driver may have started (or resumed) one since the check
