@@ -9,9 +9,9 @@ import yaml
 from hydra.errors import MissingConfigException
 from omegaconf import OmegaConf
 
-from dltrain.__main__ import CONFIG_DIR
 from dltrain.cluster import trains_in_driver
 from dltrain.config import from_mapping, from_saved, resolve, to_mapping, trial_job
+from dltrain.driver import CONFIG_DIR
 from dltrain.errors import DltrainError
 
 from helpers.config import compose_config

@@ -2,11 +2,10 @@
 `--region` for S3)."""
 
 import argparse
-import contextlib
 import math
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 from dltrain.errors import DltrainError
 from dltrain.job import StorageConfig
@@ -72,14 +71,3 @@ def confirmed(args: argparse.Namespace, question: str) -> bool:
 def registry(args: argparse.Namespace) -> Registry:
     """The model registry of the storage the options name."""
     return Registry(run_store(args).storage)
-
-
-@contextlib.contextmanager
-def one_line_errors() -> Iterator[None]:
-    """A ValueError in the block (a bad name, version or alias) ends the command in one line."""
-    try:
-        yield
-    except DltrainError:
-        raise
-    except ValueError as error:
-        raise DltrainError(str(error)) from None

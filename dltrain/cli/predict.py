@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dltrain.cli.options import add_storage_options, one_line_errors, run_store
-from dltrain.errors import DltrainError
+from dltrain.cli.options import add_storage_options, run_store
+from dltrain.errors import DltrainError, one_line_errors
 from dltrain.serving.images import BadImage, decode
 from dltrain.serving.source import locate
 

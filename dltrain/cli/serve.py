@@ -18,8 +18,8 @@ import socket
 import threading
 from typing import Any
 
-from dltrain.cli.options import add_storage_options, one_line_errors, run_store
-from dltrain.errors import DltrainError
+from dltrain.cli.options import add_storage_options, run_store
+from dltrain.errors import DltrainError, one_line_errors
 from dltrain.serving.source import locate
 
 

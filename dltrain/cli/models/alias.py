@@ -3,7 +3,8 @@ elsewhere; NAME@ALIAS then addresses that version."""
 
 import argparse
 
-from dltrain.cli.options import add_storage_options, one_line_errors, registry
+from dltrain.cli.options import add_storage_options, registry
+from dltrain.errors import one_line_errors
 
 
 def register(subcommands: argparse._SubParsersAction) -> None:

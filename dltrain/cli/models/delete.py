@@ -5,8 +5,8 @@ a registration still under way then fails rather than make it READY."""
 
 import argparse
 
-from dltrain.cli.options import add_storage_options, confirmed, one_line_errors, registry
-from dltrain.errors import DltrainError
+from dltrain.cli.options import add_storage_options, confirmed, registry
+from dltrain.errors import DltrainError, one_line_errors
 from dltrain.registry import parse_reference
 
 

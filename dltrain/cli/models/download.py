@@ -4,8 +4,8 @@ test metrics and confusion matrix) to a local folder."""
 import argparse
 from pathlib import Path
 
-from dltrain.cli.options import add_storage_options, one_line_errors, registry
-from dltrain.errors import DltrainError
+from dltrain.cli.options import add_storage_options, registry
+from dltrain.errors import DltrainError, one_line_errors
 
 
 def register(subcommands: argparse._SubParsersAction) -> None:

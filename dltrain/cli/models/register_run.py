@@ -3,8 +3,9 @@ version N of NAME: an immutable copy of the model, config, metrics, summary and 
 
 import argparse
 
-from dltrain.cli.options import add_storage_options, one_line_errors, registry, run_store
-from dltrain.cli.runs.overview import run_named
+from dltrain.cli.options import add_storage_options, registry, run_store
+from dltrain.errors import one_line_errors
+from dltrain.overview import run_named
 from dltrain.registry import parse_tags
 
 

@@ -4,7 +4,8 @@ import argparse
 
 from dltrain import formatting
 from dltrain.cli.cells import moment, number
-from dltrain.cli.options import add_storage_options, one_line_errors, registry
+from dltrain.cli.options import add_storage_options, registry
+from dltrain.errors import one_line_errors
 from dltrain.registry import parse_reference
 
 

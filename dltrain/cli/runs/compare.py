@@ -9,8 +9,8 @@ from dltrain import formatting
 from dltrain.cli.cells import cell
 from dltrain.cli.curves import check_output, write_curves
 from dltrain.cli.options import add_storage_options, run_store
-from dltrain.cli.runs.overview import overview, read, run_named
 from dltrain.errors import DltrainError
+from dltrain.overview import overview, read, run_named
 from dltrain.search_space import flatten
 
 _MISSING = "-"  # a key one run's config lacks (saved by an older dltrain)

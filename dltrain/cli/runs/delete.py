@@ -3,8 +3,8 @@
 import argparse
 
 from dltrain.cli.options import add_storage_options, confirmed, run_store
-from dltrain.cli.runs.overview import run_named
 from dltrain.errors import DltrainError
+from dltrain.overview import run_named
 from dltrain.runs import LIVE, observed_status
 
 

@@ -4,8 +4,8 @@ import argparse
 from pathlib import Path
 
 from dltrain.cli.options import add_run_command, run_store
-from dltrain.cli.runs.overview import run_named
 from dltrain.errors import DltrainError
+from dltrain.overview import run_named
 
 
 def register(subcommands: argparse._SubParsersAction) -> None:

@@ -8,12 +8,10 @@ import sys
 from dltrain import formatting
 from dltrain.cli.cells import moment, number
 from dltrain.cli.options import add_storage_options, run_store
-from dltrain.cli.runs.overview import UNREADABLE, overview
 from dltrain.errors import DltrainError
-from dltrain.runs import STATUSES, check_run_id
+from dltrain.overview import SHOWN_STATUSES, overview
+from dltrain.runs import check_run_id
 
-# LOST: PENDING or RUNNING, but its driver's heartbeat stopped; UNREADABLE: its files do not read (the error says)
-SHOWN_STATUSES = (*STATUSES, "LOST", UNREADABLE)
 COLUMNS = ["id", "model", "dataset", "status", "workers", "epochs", "best val_acc", "test_acc", "started", "duration"]
 
 

@@ -5,8 +5,8 @@ import sys
 import time
 
 from dltrain.cli.options import add_run_command, run_store
-from dltrain.cli.runs.overview import run_named
 from dltrain.errors import DltrainError
+from dltrain.overview import run_named
 from dltrain.runs import ENDED, Run
 
 FOLLOW_EVERY_S = 2.0  # --follow: how often the run folder is read for more

@@ -7,7 +7,7 @@ import sys
 from dltrain import formatting
 from dltrain.cli.cells import cell
 from dltrain.cli.options import add_run_command, run_store
-from dltrain.cli.runs.overview import run_named
+from dltrain.overview import run_named
 
 
 def register(subcommands: argparse._SubParsersAction) -> None:

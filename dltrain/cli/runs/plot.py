@@ -5,7 +5,7 @@ from pathlib import Path
 
 from dltrain.cli.curves import check_output, write_curves
 from dltrain.cli.options import add_storage_options, run_store
-from dltrain.cli.runs.overview import run_named
+from dltrain.overview import run_named
 
 
 def register(subcommands: argparse._SubParsersAction) -> None:

@@ -6,8 +6,9 @@ from typing import Any
 
 from dltrain import formatting
 from dltrain.cli.cells import cell, moment
-from dltrain.cli.options import add_run_command, one_line_errors, run_store
-from dltrain.cli.runs.overview import overview, read, run_named
+from dltrain.cli.options import add_run_command, run_store
+from dltrain.errors import one_line_errors
+from dltrain.overview import overview, read, run_named
 from dltrain.search_space import flatten
 
 EPOCH_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds", "samples_per_second")
@@ -21,13 +22,9 @@ def register(subcommands: argparse._SubParsersAction) -> None:
 
 def _defaults() -> dict[str, Any]:
     """The flattened config `python -m dltrain` runs with no overrides."""
-    from hydra import compose, initialize_config_dir
+    from dltrain import config, driver  # Hydra: only for `runs show`
 
-    from dltrain import config
-    from dltrain.__main__ import CONFIG_DIR
-
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return flatten(config.to_mapping(config.resolve(compose(config_name="config"))))
+    return flatten(config.to_mapping(config.resolve(driver.compose([]))))
 
 
 def config_changes(saved: dict) -> dict[str, dict[str, Any]]:

@@ -10,9 +10,9 @@ import socket
 import time
 
 from dltrain.cli.options import add_run_command, run_store
-from dltrain.cli.runs.overview import run_named
 from dltrain.config import saved_overview
 from dltrain.errors import DltrainError
+from dltrain.overview import run_named
 from dltrain.runs import ENDED, observed_status
 
 WAIT_POLL_S = 2.0  # --wait: how often status.json is read

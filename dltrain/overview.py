@@ -1,4 +1,5 @@
-"""One run's overview, for listings and `runs show`: what it trains, how it stands, how far it got."""
+"""One run's overview, for listings (`dltrain runs list`, `dltrain.list_runs`) and `runs show`: what it trains, how it
+stands, how far it got."""
 
 import math
 from collections.abc import Callable
@@ -11,9 +12,11 @@ from dltrain.config import saved_overview
 from dltrain.errors import DltrainError
 from dltrain.references import named_run
 from dltrain.retrying_fs import StorageUnavailable
-from dltrain.runs import Run, RunStore, observed_status
+from dltrain.runs import STATUSES, Run, RunStore, observed_status
 
 UNREADABLE = "UNREADABLE"  # the status listings show for a run whose files do not read
+# LOST: PENDING or RUNNING, but its driver's heartbeat stopped; UNREADABLE: its files do not read (the error says)
+SHOWN_STATUSES = (*STATUSES, "LOST", UNREADABLE)
 
 
 def run_named(store: RunStore, run_id: str) -> Run:
@@ -37,7 +40,7 @@ def _best(values: list[Any]) -> float | None:
     return max(numbers) if numbers else None
 
 
-def _load(run: Run, name: str, load: Callable[[], Any], kind: type = dict) -> Any:
+def read_file(run: Run, name: str, load: Callable[[], Any], kind: type = dict) -> Any:
     """What `load` reads of the run's file `name`, which must be a `kind`; ValueError naming the file if it does not
     read (corrupt, or not what dltrain writes there). An outage is not the file's fault: it is raised."""
     try:
@@ -56,12 +59,12 @@ def read(run: Run) -> dict[str, Any]:
     """What a run's overview is made of, each file read once: status, config, summary ({} if none yet) and
     history (a sweep has none of its own); ValueError naming a file that does not read."""
     exists = run.storage.exists
-    config = _load(run, "config.yaml", run.config) if exists(f"{run.path}/config.yaml") else {}
+    config = read_file(run, "config.yaml", run.config) if exists(f"{run.path}/config.yaml") else {}
     return {
-        "status": _load(run, "status.json", run.status),
+        "status": read_file(run, "status.json", run.status),
         "config": config,
-        "summary": _load(run, "summary.json", run.summary) if exists(f"{run.path}/summary.json") else {},
-        "history": [] if saved_overview(config).sweep else _load(run, "metrics.parquet", run.metrics, list),
+        "summary": read_file(run, "summary.json", run.summary) if exists(f"{run.path}/summary.json") else {},
+        "history": [] if saved_overview(config).sweep else read_file(run, "metrics.parquet", run.metrics, list),
     }
 
 
