@@ -7,11 +7,10 @@ import os
 import sys
 from collections.abc import Callable
 
+from dltrain.api.store import opened
 from dltrain.errors import DltrainError
-from dltrain.job import StorageConfig
 from dltrain.registry import Registry
 from dltrain.runs import RunStore
-from dltrain.storage import open_checked
 
 
 def add_storage_options(parser: argparse.ArgumentParser) -> None:
@@ -38,9 +37,14 @@ def finite_number(text: str) -> float:
     return value
 
 
+def storage_options(args: argparse.Namespace) -> dict[str, str | None]:
+    """The storage options as the Python API takes them: storage, endpoint_url, region."""
+    return {"storage": args.storage, "endpoint_url": args.endpoint_url, "region": args.region}
+
+
 def run_store(args: argparse.Namespace) -> RunStore:
     """The run store the storage options name; DltrainError in one line if it cannot be opened."""
-    return RunStore(open_checked(StorageConfig(uri=args.storage, endpoint_url=args.endpoint_url, region=args.region)))
+    return RunStore(opened(**storage_options(args)))
 
 
 def add_run_command(

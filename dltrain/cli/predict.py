@@ -7,12 +7,9 @@ inverted when the background is light, pixels scaled to [0, 1].
 import argparse
 from pathlib import Path
 
-import numpy as np
-
-from dltrain.cli.options import add_storage_options, run_store
-from dltrain.errors import DltrainError, one_line_errors
-from dltrain.serving.images import BadImage, decode
-from dltrain.serving.source import locate
+from dltrain.api.models import load_model
+from dltrain.cli.options import add_storage_options, storage_options
+from dltrain.errors import DltrainError
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -26,25 +23,10 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    """Load the model, read every image, and print one row per image."""
+    """Load the model (dltrain.load_model), read every image, and print one row per image."""
     if args.top_k < 1:
         raise DltrainError(f"--top-k {args.top_k}: expected at least 1")
-    with one_line_errors():
-        source = locate(run_store(args).storage, args.reference)
-    if args.top_k > len(source.class_names):
-        raise DltrainError(f"--top-k {args.top_k}: the model has {len(source.class_names)} classes")
-    from dltrain.serving.classifier import Classifier  # imports Keras: not for `dltrain --help`
-
-    classifier = Classifier(source.model_bytes, source.class_names)
-    pixels = []
-    for path in args.images:
-        try:
-            pixels.append(decode(path.read_bytes(), classifier.input_shape, str(path)))
-        except OSError as error:
-            raise DltrainError(f"{path}: {error.strerror}") from None
-        except BadImage as error:
-            raise DltrainError(str(error)) from None
-    top = classifier.top(classifier.probabilities(np.stack(pixels)), args.top_k)
+    top = load_model(args.reference, **storage_options(args)).top(args.images, args.top_k)
     width = max(len(str(path)) for path in args.images)
     print(f"{'image':<{width}}  " + "  ".join(f"{'#' + str(rank + 1):<22}" for rank in range(args.top_k)).rstrip())
     for path, classes in zip(args.images, top, strict=True):

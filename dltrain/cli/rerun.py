@@ -7,8 +7,9 @@ CPU repeats the original's per-epoch losses and accuracies exactly.
 
 import argparse
 
+from dltrain.api.store import storage_overrides
 from dltrain.cli import hydra_entry
-from dltrain.cli.options import add_storage_options
+from dltrain.cli.options import add_storage_options, storage_options
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -20,11 +21,5 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    """Hand `rerun=ID` and the storage options to the Hydra entry point."""
-    storage = []
-    if args.storage:
-        storage += ["storage=s3"] if args.storage.startswith("s3://") else []
-        storage.append(f"storage.uri={args.storage}")
-    storage += [f"storage.endpoint_url={args.endpoint_url}"] if args.endpoint_url else []
-    storage += [f"storage.region={args.region}"] if args.region else []
-    hydra_entry.train([f"rerun={args.run_id}", *storage, *args.passed_on])
+    """Hand `rerun=ID` and the storage options, as overrides, to the Hydra entry point."""
+    hydra_entry.train([f"rerun={args.run_id}", *storage_overrides(**storage_options(args)), *args.passed_on])

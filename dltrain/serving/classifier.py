@@ -5,19 +5,25 @@ from pathlib import Path
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 PREDICT_BATCH = 256  # images per model call: bounded memory for large requests
+
+
+def keras_model(model_bytes: bytes) -> keras.Model:
+    """The model of a `.keras` file's bytes, not compiled (for predictions), on this process's Keras backend."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "model.keras"
+        path.write_bytes(model_bytes)
+        return keras.saving.load_model(path, compile=False)
 
 
 class Classifier:
     """A `.keras` model (its file's bytes) and its class names; inputs are pixels 0-255 or values in [0, 1]."""
 
     def __init__(self, model_bytes: bytes, class_names: list[str]):
-        with tempfile.TemporaryDirectory() as folder:
-            path = Path(folder) / "model.keras"
-            path.write_bytes(model_bytes)
-            self.model = keras.saving.load_model(path, compile=False)
+        import tensorflow as tf  # here: keras_model() alone serves a process on another Keras backend too
+
+        self.model = keras_model(model_bytes)
         self.class_names = list(class_names)
         self.input_shape = tuple(self.model.input_shape[1:])
         # One traced graph for every batch size: an eager call of the model costs several times the compute.

@@ -3,8 +3,8 @@ elsewhere; NAME@ALIAS then addresses that version."""
 
 import argparse
 
-from dltrain.cli.options import add_storage_options, registry
-from dltrain.errors import one_line_errors
+from dltrain.api.models import set_alias
+from dltrain.cli.options import add_storage_options, storage_options
 
 
 def register(subcommands: argparse._SubParsersAction) -> None:
@@ -18,8 +18,7 @@ def register(subcommands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    """Move the alias and say where it pointed before."""
-    with one_line_errors():
-        before = registry(args).set_alias(args.name, args.version, args.alias)
+    """Move the alias (dltrain.set_alias) and say where it pointed before."""
+    before = set_alias(args.name, args.version, args.alias, **storage_options(args))
     moved = f" (was version {before})" if before not in (None, args.version) else ""
     print(f"{args.name}@{args.alias} -> version {args.version}{moved}")

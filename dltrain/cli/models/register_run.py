@@ -3,9 +3,9 @@ version N of NAME: an immutable copy of the model, config, metrics, summary and 
 
 import argparse
 
-from dltrain.cli.options import add_storage_options, registry, run_store
+from dltrain.api.models import register_model
+from dltrain.cli.options import add_storage_options, storage_options
 from dltrain.errors import one_line_errors
-from dltrain.overview import run_named
 from dltrain.registry import parse_tags
 
 
@@ -21,12 +21,10 @@ def register(subcommands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    """Check the name, tags and alias, register, then move the alias."""
-    models = registry(args)
+    """Check the tags, then register (dltrain.register_model) and say where the version and the alias are."""
     with one_line_errors():
         tags = parse_tags(args.tag)
-        record = models.register(run_named(run_store(args), args.run_id), args.name, tags, args.alias)
-    print(f"registered {record['name']}:{record['version']} from run {record['run_id']} "
-          f"-> {models.uri_of(record['name'], record['version'])}")  # fmt: skip
+    record = register_model(args.run_id, args.name, tags=tags, alias=args.alias, **storage_options(args))
+    print(f"registered {record['name']}:{record['version']} from run {record['run_id']} -> {record['uri']}")
     if args.alias:
         print(f"{record['name']}@{args.alias} -> version {record['version']}")

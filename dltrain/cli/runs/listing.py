@@ -2,14 +2,13 @@
 whose files do not read is listed UNREADABLE (with the reason in --json's error), and the rest are listed."""
 
 import argparse
-import itertools
-import sys
 
 from dltrain import formatting
+from dltrain.api.runs import list_runs
 from dltrain.cli.cells import moment, number
-from dltrain.cli.options import add_storage_options, run_store
+from dltrain.cli.options import add_storage_options, storage_options
 from dltrain.errors import DltrainError
-from dltrain.overview import SHOWN_STATUSES, overview
+from dltrain.overview import SHOWN_STATUSES
 from dltrain.runs import check_run_id
 
 COLUMNS = ["id", "model", "dataset", "status", "workers", "epochs", "best val_acc", "test_acc", "started", "duration"]
@@ -35,14 +34,7 @@ def run(args: argparse.Namespace) -> None:
             check_run_id(args.sweep)
         except ValueError as error:
             raise DltrainError(f"--sweep: {error}") from None
-    runs = reversed(run_store(args).list())  # run ids sort by start time
-    if args.sweep is not None:
-        runs = (run for run in runs if run.id.startswith(f"{args.sweep}-"))
-    overviews = (overview(run) for run in runs)
-    if args.status is not None:
-        overviews = (item for item in overviews if item["status"] == args.status)
-    limit = args.limit if args.limit is None or args.limit <= sys.maxsize else None  # more than there can be
-    overviews = list(itertools.islice(overviews, limit))  # read no more runs than shown
+    overviews = list_runs(**storage_options(args), status=args.status, sweep=args.sweep, limit=args.limit)
     if args.json:
         print(formatting.to_json(overviews))
         return
