@@ -12,12 +12,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import ray
-from ray._common.utils import get_default_system_temp_dir
-from ray._private import ray_constants
-from ray.train.v2._internal.execution.callback import ControllerCallback
-from ray.train.v2._internal.execution.controller.state import RunningState
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from dltrain import ray_private
 from dltrain.capacity import describe_amounts, describe_demand
 from dltrain.errors import DltrainError
 from dltrain.job import Job
@@ -55,13 +52,8 @@ def _loopback_only() -> Iterator[None]:
     clusters) its node address and all its servers stay on loopback. Ray's Python side reads the switch when
     `ray` is imported, so the already-imported constant is set too.
     """
-    saved = ray_constants.ENABLE_RAY_CLUSTER
-    ray_constants.ENABLE_RAY_CLUSTER = False
-    try:
-        with _environment(**{ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR: "0"}):
-            yield
-    finally:
-        ray_constants.ENABLE_RAY_CLUSTER = saved
+    with ray_private.single_machine_switch(), _environment(**{ray_private.SINGLE_MACHINE_VARIABLE: "0"}):
+        yield
 
 
 @contextlib.contextmanager
@@ -75,7 +67,7 @@ def _known_address() -> Iterator[None]:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    with _environment(**{ray_constants.GCS_PORT_ENVIRONMENT_VARIABLE: str(port), "RAY_ADDRESS": f"127.0.0.1:{port}"}):
+    with _environment(**{ray_private.GCS_PORT_VARIABLE: str(port), "RAY_ADDRESS": f"127.0.0.1:{port}"}):
         yield
 
 
@@ -122,7 +114,7 @@ def ray_connection(address: str | None, dashboard: bool = False) -> Iterator[boo
                 # (Where Ray would make /tmp/ray: its socket paths must stay short.)
                 ray_temp = stack.enter_context(
                     tempfile.TemporaryDirectory(
-                        prefix=temporary_name("ray"), dir=get_default_system_temp_dir(), ignore_cleanup_errors=True
+                        prefix=temporary_name("ray"), dir=ray_private.system_temp_dir(), ignore_cleanup_errors=True
                     )
                 )
                 ray.init(address="local", include_dashboard=dashboard, _temp_dir=ray_temp, **quiet)
@@ -205,7 +197,7 @@ class WorkersUnavailable(RuntimeError):
     and left."""
 
 
-class WaitForWorkers(ControllerCallback):
+class WaitForWorkers(ray_private.ControllerCallback):
     """In Ray Train's controller: fail the run once its workers have not been running for `seconds`.
 
     Without this, a run whose node was lost waits forever for capacity that is not coming (Ray Train retries
@@ -219,7 +211,7 @@ class WaitForWorkers(ControllerCallback):
         self.waiting_since: float | None = None
 
     def after_controller_state_update(self, previous_state, current_state) -> None:
-        if isinstance(current_state, RunningState) or current_state.is_terminal():
+        if ray_private.workers_running(current_state) or current_state.is_terminal():
             self.waiting_since = None
             return
         now = time.monotonic()

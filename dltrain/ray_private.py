@@ -1,20 +1,57 @@
-"""The Ray internals dltrain reads, in one place: what the cluster's autoscaler reports.
+"""The Ray internals dltrain uses, in one place: what the cluster's autoscaler reports, Ray Train's controller
+callbacks and states, and the switches and paths of an embedded Ray.
 
-Ray 2.60 has no public API for it: `ray status` itself reads autoscaler v1's report from the GCS's key-value
+Ray 2.60 has no public API for these: `ray status` itself reads autoscaler v1's report from the GCS's key-value
 store and v2's state through a GCS RPC. Only the `ray==2.60.0` pin holds these names; tests/test_ray_private.py
 fails loudly if an upgrade moves them.
 """
 
+import contextlib
 import json
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import ray
+from ray._common.utils import get_default_system_temp_dir
 from ray._private import ray_constants
 from ray._raylet import GcsClient
 from ray.autoscaler.v2.utils import is_autoscaler_v2
 from ray.core.generated.autoscaler_pb2 import GetClusterStatusReply
 from ray.experimental.internal_kv import _internal_kv_get
+from ray.train.v2._internal.execution.callback import ControllerCallback
+from ray.train.v2._internal.execution.controller.state import RunningState
+
+__all__ = ["ControllerCallback"]  # the base class of a hook into Ray Train's controller (its state updates)
+
+GCS_PORT_VARIABLE = ray_constants.GCS_PORT_ENVIRONMENT_VARIABLE  # the port a Ray started here gives its GCS
+# Ray's switch for a single-machine cluster, whose node address and servers stay on 127.0.0.1 ("0").
+SINGLE_MACHINE_VARIABLE = ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR
+
+
+def system_temp_dir() -> str:
+    """The folder Ray puts its session folders under (/tmp on Linux, whatever TMPDIR says)."""
+    return get_default_system_temp_dir()
+
+
+@contextlib.contextmanager
+def single_machine_switch() -> Iterator[None]:
+    """In this block, the switch SINGLE_MACHINE_VARIABLE says as Ray's Python read it at import: off.
+
+    Ray reads the variable once, when `ray` is imported; a Ray started later in this process would not see it.
+    """
+    saved = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved
+
+
+def workers_running(state: object) -> bool:
+    """Whether a state of Ray Train's controller (a ControllerCallback sees each one) has its workers running."""
+    return isinstance(state, RunningState)
+
 
 Bundle = tuple[tuple[str, float], ...]  # a resource bundle, hashable: (("CPU", 1.0), ("GPU", 1.0))
 
