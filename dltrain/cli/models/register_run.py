@@ -1,11 +1,13 @@
 """`dltrain models register RUN_ID --name NAME [--tag k=v ...] [--alias A]`: make a completed run's final model
-version N of NAME: an immutable copy of the model, config, metrics, summary and provenance in the registry."""
+version N of NAME: an immutable copy of the model, config, metrics, summary and provenance in the registry; and a
+version of NAME in MLflow's registry too, where the run was mirrored (its tracking.mlflow_uri)."""
 
 import argparse
 
 from dltrain.cli.options import add_storage_options, one_line_errors, registry, run_store
 from dltrain.cli.runs.overview import run_named
 from dltrain.registry import parse_tags
+from dltrain.tracking import mirror_version
 
 
 def register(subcommands: argparse._SubParsersAction) -> None:
@@ -20,7 +22,7 @@ def register(subcommands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    """Check the name, tags and alias, register, then move the alias."""
+    """Check the name, tags and alias, register, then move the alias; mirror both to MLflow where the run was."""
     models = registry(args)
     with one_line_errors():
         tags = parse_tags(args.tag)
@@ -29,3 +31,6 @@ def run(args: argparse.Namespace) -> None:
           f"-> {models.uri_of(record['name'], record['version'])}")  # fmt: skip
     if args.alias:
         print(f"{record['name']}@{args.alias} -> version {record['version']}")
+    with one_line_errors():
+        saved = models.config(record["name"], record["version"])
+    mirror_version(saved, record, args.alias)
