@@ -55,7 +55,7 @@ def _client(settings: TrackingConfig) -> Any:
 
 
 def _warn(settings: TrackingConfig, error: Exception, consequence: str) -> None:
-    """One line on the console for a failure to mirror; the traceback goes to the driver log."""
+    """One line on the console for a failure to mirror; the traceback goes to the log (a run's driver log)."""
     log.info("MLflow at %s failed", settings.mlflow_uri, exc_info=error)
     cause = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
     print(f"dltrain: warning: MLflow at {settings.mlflow_uri} failed: {cause}; {consequence}", file=sys.stderr,
@@ -151,9 +151,10 @@ class _Tracker:
         status = run.status()["status"]
         found = _find_run(client, self._experiment_id, run_id)
         if found is None:
-            tags = self._tags(run, status)
+            config = run.config()
+            tags = self._tags(run, status, config["framework"]["name"])
             mlflow_id = client.create_run(self._experiment_id, run_name=run_id, tags=tags).info.run_id
-            self._log(mlflow_id, params=_params(run.config()))
+            self._log(mlflow_id, params=_params(config))
             self._status[run_id], self._logged[run_id] = status, 0
         else:
             mlflow_id = found.info.run_id
@@ -166,14 +167,14 @@ class _Tracker:
         self._mlflow_ids[run_id] = mlflow_id
         return mlflow_id
 
-    def _tags(self, run: Run, status: str) -> dict[str, str]:
+    def _tags(self, run: Run, status: str, framework: str) -> dict[str, str]:
         """The tags a new MLflow run of `run` starts with."""
         git = (run.provenance() or {}).get("git")
         tags = {
             RUN_ID_TAG: run.id,
             "dltrain.kind": self.kind if run.id == self.root.id else "trial",
             "dltrain.status": status,
-            "dltrain.framework": run.config()["framework"]["name"],
+            "dltrain.framework": framework,
             "dltrain.uri": run.uri,
         }
         if git:
@@ -272,6 +273,8 @@ def mirror_version(config: dict, record: dict, alias: str | None) -> None:
         found = _find_run(client, experiment.experiment_id, record["run_id"]) if experiment else None
         if found is None:
             raise LookupError(f"no run of {record['run_id']} in its experiment {settings.experiment!r}")
+        if not client.list_artifacts(found.info.run_id, "model"):
+            raise LookupError(f"the MLflow run of {record['run_id']} has no model/ (its mirroring stopped early)")
         _create_if_missing(client.create_registered_model, name)
         tags = {**record["tags"], VERSION_TAG: str(version)}
         created = client.create_model_version(
