@@ -112,7 +112,7 @@ class _Tracker:
         self._client: Any = None
         self._experiment_id: str | None = None
         self._mlflow_ids: dict[str, str] = {}  # dltrain run id -> its MLflow run id
-        self._status: dict[str, str] = {}  # dltrain run id -> the dltrain.status its MLflow run has
+        self._ended: dict[str, str] = {}  # dltrain run id -> the final status its MLflow run has mirrored
         self._logged: dict[str, int] = {}  # dltrain run id -> the last epoch its MLflow run has
         self._failed = False
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="dltrain-mlflow")
@@ -148,32 +148,33 @@ class _Tracker:
             self._client = _client(self.settings)
             self._experiment_id = _experiment_id(self._client, self.settings.experiment)
         client, run = self._client, Run(self.root.storage, run_id)
-        status = run.status()["status"]
+        training = run.status()["status"] not in ENDED
         found = _find_run(client, self._experiment_id, run_id)
         if found is None:
             config = run.config()
-            tags = self._tags(run, status, config["framework"]["name"])
+            tags = self._tags(run, config["framework"]["name"])
             mlflow_id = client.create_run(self._experiment_id, run_name=run_id, tags=tags).info.run_id
             self._log(mlflow_id, params=_params(config))
-            self._status[run_id], self._logged[run_id] = status, 0
+            self._logged[run_id] = 0
         else:
             mlflow_id = found.info.run_id
-            self._status[run_id] = found.data.tags.get("dltrain.status", "")
-            if status not in ENDED:  # resumed: training again
+            if training:  # resumed
                 client.update_run(mlflow_id, status="RUNNING")
-                self._set_status(mlflow_id, run_id, status)
+                client.set_tag(mlflow_id, "dltrain.status", "RUNNING")
+            elif (mirrored := found.data.tags.get("dltrain.status")) in ENDED:
+                self._ended[run_id] = mirrored
             history = client.get_metric_history(mlflow_id, "loss")
             self._logged[run_id] = max((metric.step for metric in history), default=0)
         self._mlflow_ids[run_id] = mlflow_id
         return mlflow_id
 
-    def _tags(self, run: Run, status: str, framework: str) -> dict[str, str]:
-        """The tags a new MLflow run of `run` starts with."""
+    def _tags(self, run: Run, framework: str) -> dict[str, str]:
+        """The tags a new MLflow run of `run` starts with (dltrain.status RUNNING until it ends)."""
         git = (run.provenance() or {}).get("git")
         tags = {
             RUN_ID_TAG: run.id,
             "dltrain.kind": self.kind if run.id == self.root.id else "trial",
-            "dltrain.status": status,
+            "dltrain.status": "RUNNING",
             "dltrain.framework": framework,
             "dltrain.uri": run.uri,
         }
@@ -194,12 +195,6 @@ class _Tracker:
         for start in range(0, len(metrics or []), _BATCH):
             self._client.log_batch(mlflow_id, metrics=metrics[start : start + _BATCH])
 
-    def _set_status(self, mlflow_id: str, run_id: str, status: str, error: str | None = None) -> None:
-        self._client.set_tag(mlflow_id, "dltrain.status", status)
-        if error:
-            self._client.set_tag(mlflow_id, "dltrain.error", error)
-        self._status[run_id] = status
-
     def _sync(self, run_id: str) -> None:
         """Send the rows of `run_id`'s metrics.parquet that its MLflow run lacks, each at step = its epoch."""
         from mlflow.entities import Metric
@@ -217,8 +212,6 @@ class _Tracker:
         ]
         self._log(mlflow_id, metrics=metrics)
         self._logged[run_id] = rows[-1]["epoch"]
-        if self._status[run_id] != "RUNNING":
-            self._set_status(mlflow_id, run_id, "RUNNING")
 
     def _finish_all(self) -> None:
         """Mirror how each trial of a sweep, then the run or sweep itself, ended."""
@@ -236,7 +229,7 @@ class _Tracker:
         run = Run(self.root.storage, run_id)
         record = run.status()
         mlflow_id = self._mlflow_id(run_id)
-        if record["status"] not in ENDED or self._status[run_id] == record["status"]:
+        if record["status"] not in ENDED or self._ended.get(run_id) == record["status"]:
             return  # not ended, or mirrored as it ended already (a resumed sweep's finished trial)
         self._sync(run_id)
         if run.has_final_model():
@@ -249,8 +242,11 @@ class _Tracker:
             if (provenance := run.provenance()) is not None:
                 (Path(staging) / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2))
             self._client.log_artifacts(mlflow_id, staging)
-        self._set_status(mlflow_id, run_id, record["status"], record.get("error"))
+        self._client.set_tag(mlflow_id, "dltrain.status", record["status"])
+        if record.get("error"):
+            self._client.set_tag(mlflow_id, "dltrain.error", record["error"])
         self._client.set_terminated(mlflow_id, _ENDED_AS[record["status"]])
+        self._ended[run_id] = record["status"]
 
 
 def _tracking_of(config: dict) -> TrackingConfig | None:
