@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dltrain import frameworks
 from dltrain.errors import DltrainError
+from dltrain.job import StorageConfig
 from dltrain.logs import output_to
 from dltrain.redaction import Scrubber
 from dltrain.references import named_run
@@ -28,7 +29,7 @@ def _framework(cfg: DictConfig) -> str | None:
     reference = OmegaConf.select(cfg, "resume") or OmegaConf.select(cfg, "rerun")
     if reference:
         with contextlib.suppress(Exception):  # launch.train says in one line what is wrong with the reference
-            storage = open_storage(OmegaConf.to_container(cfg.storage, resolve=True))
+            storage = open_storage(StorageConfig(**OmegaConf.to_container(cfg.storage, resolve=True)))
             return named_run(storage, str(reference)).config()["framework"]["name"]
     return OmegaConf.select(cfg, "framework.name")
 

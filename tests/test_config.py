@@ -9,10 +9,13 @@ import yaml
 from hydra.errors import MissingConfigException
 from omegaconf import OmegaConf
 
-from dltrain.__main__ import CONFIG_DIR
+from dltrain.__main__ import CONFIG_DIR, _framework
 from dltrain.cluster import trains_in_driver
 from dltrain.config import from_mapping, from_saved, resolve, to_mapping, trial_job
 from dltrain.errors import DltrainError
+from dltrain.job import StorageConfig
+from dltrain.runs import RunStore
+from dltrain.storage import open_storage
 
 from helpers.config import compose_config
 
@@ -79,6 +82,17 @@ def test_a_run_saved_by_an_older_dltrain_resumes_as_a_job_with_this_commands_sto
     assert (job.trainer.epochs, job.trainer.precision, job.dataset.classes) == (3, "float32", None)
     assert (job.tracking.mlflow_uri, job.tracking.experiment) == (None, "dltrain")
     assert (job.storage.uri, job.ray.wait_for_workers_s, job.resume) == ("/new/runs", 30, "20261201-000000-abcdef")
+
+
+@pytest.mark.parametrize("key", ["resume", "rerun"])
+def test_resume_and_rerun_take_the_saved_runs_framework_not_the_default(key, tmp_path):
+    """Keras' backend is set before anything imports Keras: a run saved on JAX is resumed or repeated on JAX,
+    though the command's config (the default framework, TensorFlow) does not say so."""
+    run = RunStore(open_storage(StorageConfig(uri=str(tmp_path)))).create(
+        to_mapping(resolve(compose_config("framework=jax"))), versions={}
+    )
+    assert _framework(compose_config(f"{key}={run.id}", f"storage.uri={tmp_path}")) == "jax"
+    assert _framework(compose_config(f"storage.uri={tmp_path}")) == "tensorflow"
 
 
 def test_a_trial_job_sets_dotted_keys_and_is_checked_as_a_job():

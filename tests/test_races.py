@@ -226,7 +226,7 @@ def test_a_registration_stalled_mid_copy_on_s3_is_deleted_only_with_force_and_th
     storage = open_storage(StorageConfig(uri=f"s3://{bucket}/runs", endpoint_url=server.endpoint_url))
     run_id = _copy_run(completed_run, storage)
     outage = s3_outages.arm(r"/models/racing/1/model/", None)
-    stalled = {"uri": f"s3://{bucket}/runs", "endpoint_url": s3_outages.endpoint_url, "retry_seconds": 300}
+    stalled = StorageConfig(uri=f"s3://{bucket}/runs", endpoint_url=s3_outages.endpoint_url, retry_seconds=300)
     racers = Racers(1, stalled)
     try:
         racers.orders[0].put(("_register", (run_id, "racing")))

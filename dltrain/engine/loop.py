@@ -101,11 +101,16 @@ class DistributedLoop:
             started = time.perf_counter()
             inputs = self.steps.input(train_batches(epoch))
             sums = np.zeros(SUMS)
-            for first in range(0, steps_per_epoch, self.steps_per_execution):
-                count = min(self.steps_per_execution, steps_per_epoch - first)
-                callback_list.on_train_batch_begin(first)
-                sums += self.steps.train(inputs, count)
-                callback_list.on_train_batch_end(first + count - 1, metrics(sums))
+            try:
+                for first in range(0, steps_per_epoch, self.steps_per_execution):
+                    count = min(self.steps_per_execution, steps_per_epoch - first)
+                    callback_list.on_train_batch_begin(first)
+                    sums += self.steps.train(inputs, count)
+                    callback_list.on_train_batch_end(first + count - 1, metrics(sums))
+            finally:
+                # Released now, even when a step or callback raises: the traceback keeps this frame, and a
+                # tf.data generator finalized only at interpreter exit prints an error after dltrain's own.
+                del inputs
             train_seconds = time.perf_counter() - started
             logs = metrics(self.sum_over_workers(sums))
             if validation_batches is not None:

@@ -156,12 +156,15 @@ class OutageProxy:
             sock.close()
 
     def end(self, outage: Outage) -> None:
-        """End `outage` now: the proxy listens again."""
+        """End `outage` now: the proxy listens again (an outage still armed is disarmed)."""
         with self._lock:
             if outage.over.is_set():
                 return
             outage.ended = time.monotonic()
             outage.over.set()
+            if outage in self.armed:  # never began
+                self.armed.remove(outage)
+                return
         if not self._closed:
             self._listen(self.port)
 
