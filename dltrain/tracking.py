@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from dltrain.job import Job, TrackingConfig
 from dltrain.runs import ENDED, PROVENANCE_FILE, Run
@@ -54,12 +54,13 @@ def _client(settings: TrackingConfig) -> Any:
     return MlflowClient(settings.mlflow_uri)
 
 
-def _warn(settings: TrackingConfig, error: Exception, consequence: str) -> None:
-    """One line on the console for a failure to mirror; the traceback goes to the log (a run's driver log)."""
+def _warn(settings: TrackingConfig, error: Exception, consequence: str, stream: TextIO | None = None) -> None:
+    """One line on the console (`stream`, else stderr) for a failure to mirror; the traceback goes to the log (a
+    run's driver log)."""
     log.info("MLflow at %s failed", settings.mlflow_uri, exc_info=error)
     cause = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
-    print(f"dltrain: warning: MLflow at {settings.mlflow_uri} failed: {cause}; {consequence}", file=sys.stderr,
-          flush=True)  # fmt: skip
+    print(f"dltrain: warning: MLflow at {settings.mlflow_uri} failed: {cause}; {consequence}",
+          file=stream or sys.stderr, flush=True)  # fmt: skip
 
 
 def _params(config: dict) -> dict[str, str]:
@@ -115,6 +116,9 @@ class _Tracker:
         self._ended: dict[str, str] = {}  # dltrain run id -> the final status its MLflow run has mirrored
         self._logged: dict[str, int] = {}  # dltrain run id -> the last epoch its MLflow run has
         self._failed = False
+        # The console's stderr as it is now: a run that trains in the driver (local mode) points fd 2 at its worker
+        # log while it trains, and a failure to mirror is still said on the console.
+        self._console = os.fdopen(os.dup(sys.stderr.fileno()), "w", buffering=1)
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="dltrain-mlflow")
         self._submit(self._mlflow_id, root.id)
 
@@ -126,6 +130,7 @@ class _Tracker:
         """Mirror how the run (and a sweep's trials) ended, and wait until that is done."""
         self._submit(self._finish_all)
         self._thread.shutdown(wait=True)
+        self._console.close()
 
     def _submit(self, task: Callable[..., None], *args: Any) -> None:
         self._thread.submit(self._guarded, task, *args)
@@ -137,7 +142,7 @@ class _Tracker:
             task(*args)
         except Exception as error:  # whatever fails, the run goes on: it is not mirrored from here on
             self._failed = True
-            _warn(self.settings, error, f"{self.kind} {self.root.id} is not mirrored from here on")
+            _warn(self.settings, error, f"{self.kind} {self.root.id} is not mirrored from here on", self._console)
 
     def _mlflow_id(self, run_id: str) -> str:
         """The MLflow run of dltrain run `run_id` (the root, or one of its trials): found by its tag (a resumed
