@@ -10,8 +10,10 @@ messages).
 import copy
 import dataclasses
 import importlib
+import importlib.util
 import inspect
 import math
+import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -37,6 +39,7 @@ from dltrain.job import (
     SearchConfig,
     StorageConfig,
     SweepConfig,
+    TrackingConfig,
     TrainerConfig,
 )
 
@@ -67,6 +70,14 @@ def _is_seed(value: Any) -> bool:
 
 def _optional(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
     return lambda value: value is None or check(value)
+
+
+def _is_mlflow_server(value: Any) -> bool:
+    """An http(s):// URL with a host and no credentials (a saved config would hold them redacted, as ***)."""
+    if not isinstance(value, str):
+        return False
+    parts = urllib.parse.urlsplit(value)
+    return parts.scheme in ("http", "https") and bool(parts.hostname) and "@" not in parts.netloc
 
 
 # section -> key -> (check, what is allowed)
@@ -112,6 +123,14 @@ _RULES: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
     "ray": {
         "address": (_optional(lambda v: isinstance(v, str) and v != ""), "null or a Ray address"),
         "wait_for_workers_s": (lambda v: _is_number(v) and v > 0, "a number > 0 (seconds)"),
+    },
+    "tracking": {
+        "mlflow_uri": (
+            _optional(_is_mlflow_server),
+            "null or an MLflow tracking server's http(s):// URL, without credentials (MLflow's client reads them "
+            "from MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD, or MLFLOW_TRACKING_TOKEN)",
+        ),
+        "experiment": (lambda v: isinstance(v, str) and v.strip() != "", "an MLflow experiment name"),
     },
 }
 
@@ -172,6 +191,7 @@ _TYPES = {
     "storage": StorageConfig,
     "framework": FrameworkConfig,
     "ray": RayConfig,
+    "tracking": TrackingConfig,
 }
 _DATASET_TYPES = {"fashion_mnist": FashionMnistConfig, "image_folder": ImageFolderConfig}
 _SCHEDULER_TYPES = {"asha": AshaConfig, "median": MedianConfig, "fifo": FifoConfig}
@@ -477,6 +497,9 @@ def _check_job(job: dict) -> None:
             f"dataset.path={dataset['path']} and dataset.manifest={dataset['manifest']}: give one of them, a folder "
             "of CLASS/*.png|jpg (or shards from dltrain data prepare) or a CSV/Parquet manifest"
         )
+    if job["tracking"]["mlflow_uri"] is not None and importlib.util.find_spec("mlflow") is None:
+        raise DltrainError(f"tracking.mlflow_uri={job['tracking']['mlflow_uri']}: MLflow's client is not installed: "
+                           "pip install 'dltrain[mlflow]'")  # fmt: skip
     if dataset.get("limit") is not None:
         train_samples = dataset["limit"] - round(dataset["limit"] * dataset["validation_split"])
         if train_samples < trainer["batch_size"]:

@@ -114,7 +114,9 @@ class Console:
 
     `handle` is the queue: a Ray queue's actor, for the workers and the relay, or, for a run `in_process` (Ray
     Train's local mode, no Ray), a plain queue. `latest` holds each run's newest progress (a sweep's trial table
-    reads it). Epochs print in order, each once: a repeated or older epoch is skipped.
+    reads it). Epochs print in order, each once: a repeated or older epoch is skipped. `on_epoch`, if given, is
+    called with the run's id at each epoch it prints (or would print, by the mode), once that epoch's row is in the
+    run's metrics.parquet; it must not wait (the MLflow mirror only queues its work).
     """
 
     def __init__(
@@ -123,9 +125,11 @@ class Console:
         stream: TextIO = sys.stdout,
         clock: Callable[[], float] = time.monotonic,
         in_process: bool = False,
+        on_epoch: Callable[[str], None] | None = None,
     ):
         self.mode = resolve_mode(mode, stream)
         self.in_process = in_process
+        self.on_epoch = on_epoch
         self.stream, self.clock = stream, clock
         self.latest: dict[str, dict] = {}
         self._printed: dict[str, int] = {}  # run id -> its last epoch line
@@ -164,6 +168,8 @@ class Console:
             if self.mode in ("bar", "lines", "epochs"):
                 self._close_bar()
                 self._print(epoch_line(message, message["epochs"]))
+            if self.on_epoch is not None:
+                self.on_epoch(run_id)
             for waiting in self._waiting.pop(run_id, []):
                 self.show(waiting)
             return

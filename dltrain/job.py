@@ -135,6 +135,14 @@ class RayConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class TrackingConfig:
+    """`tracking`: where runs are mirrored beside their folders (dltrain/tracking.py)."""
+
+    mlflow_uri: str | None = None  # None: no mirroring; else an MLflow tracking server's http(s):// URL
+    experiment: str = "dltrain"  # the MLflow experiment the runs go into
+
+
+@dataclass(frozen=True, kw_only=True)
 class AshaConfig:
     """`sweep.scheduler` with name asha: successive halving."""
 
@@ -197,3 +205,4 @@ class Job:
     resume: str | None  # a run or sweep id to continue
     rerun: str | None  # a run or sweep id whose saved config this job repeats
     ray: RayConfig
+    tracking: TrackingConfig

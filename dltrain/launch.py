@@ -5,10 +5,10 @@ import contextlib
 import logging
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from dltrain import capacity, cluster, config, formatting, lifecycle, search_space, worker
+from dltrain import capacity, cluster, config, formatting, lifecycle, search_space, tracking, worker
 from dltrain.console import Console, EpochRelay
 from dltrain.data.dataset import DataSet
 from dltrain.errors import DltrainError
@@ -76,10 +76,11 @@ def train(job: Job, driver_log: Path | None = None, overrides: list[str] | None 
         _claim(run)
         run.clear_stop_request()
         print(f"dltrain: resuming {kind} {run.id} ({status}) from its latest checkpoint -> {run.uri}", flush=True)
-    with run.heartbeat(), _logging_to(driver_log, run, scrub):  # PENDING while Ray starts, then RUNNING: a live driver
+    # PENDING while Ray starts, then RUNNING: a live driver; mirrored to MLflow where tracking.mlflow_uri says
+    with run.heartbeat(), _logging_to(driver_log, run, scrub), tracking.mirrored(job, run) as on_epoch:
         if job.sweep:
-            return run_sweep(job, data, run, resuming=job.resume is not None)
-        return _run(job, data, run, parameters, scrub)
+            return run_sweep(job, data, run, resuming=job.resume is not None, on_epoch=on_epoch)
+        return _run(job, data, run, parameters, scrub, on_epoch)
 
 
 def _claim(run: Run) -> None:
@@ -162,9 +163,15 @@ def _logging_to(driver_log: Path | None, run: Run, scrub: Scrubber) -> Iterator[
             print(f"dltrain: the driver log stays in {kept}: {error}", file=sys.stderr, flush=True)
 
 
-def _run(job: Job, data: DataSet, run: Run, parameters: int, scrub: Scrubber) -> dict:
+def _run(
+    job: Job, data: DataSet, run: Run, parameters: int, scrub: Scrubber, on_epoch: Callable[[str], None] | None
+) -> dict:
+    """Train one run, in this process or on Ray Train workers; the console calls `on_epoch` at each epoch."""
     if cluster.trains_in_driver(job):
-        with lifecycle.recorded(run, scrub), Console(job.trainer.progress, in_process=True) as console:
+        with (
+            lifecycle.recorded(run, scrub),
+            Console(job.trainer.progress, in_process=True, on_epoch=on_epoch) as console,
+        ):
             print(f"dltrain: {parameters:,} parameters; 1 worker, in this process (resources.local_mode)", flush=True)
             trainer = worker.DriverTrainer(job, data, run, console.handle, console.shows_progress)
             summary = lifecycle.execute(job, run, trainer)
@@ -177,7 +184,7 @@ def _run(job: Job, data: DataSet, run: Run, parameters: int, scrub: Scrubber) ->
             cluster.check_paths_on_nodes(data.shared_path, run.storage)
             print(f"dltrain: {parameters:,} parameters; {formatting.workers(*job.resources.worker_range)} worker(s) "
                   f"x {per_worker}")  # fmt: skip
-            with Console(job.trainer.progress) as console:
+            with Console(job.trainer.progress, on_epoch=on_epoch) as console:
                 relay = EpochRelay(console.handle, run.id, job.trainer.epochs)
                 progress_to = console.handle if console.shows_progress else None  # else rank 0 sends nothing
                 trainer = lifecycle.ray_trainer(job, data, run, per_worker, [relay], progress_to)

@@ -28,6 +28,8 @@ import re
 from datetime import datetime, timezone
 from typing import Any
 
+import yaml
+
 from dltrain.runs import PROVENANCE_FILE, TEST_METRICS_FILE, Run, observed_status
 from dltrain.storage import Storage
 
@@ -189,6 +191,10 @@ class Registry:
         if records[version]["status"] != READY:
             raise ValueError(f"{name}:{version} is {records[version]['status']}, not READY")
         return records[version]
+
+    def config(self, name: str, version: int) -> dict:
+        """The saved (redacted) config of the run version `version` of `name` came from: the version's copy."""
+        return yaml.safe_load(self.storage.read_bytes(self._path(check_name(name), version, "config.yaml")))
 
     def model_path(self, record: dict) -> str:
         """The storage path of a version's model/ folder (model.keras, test metrics, confusion matrix)."""

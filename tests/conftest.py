@@ -1,6 +1,6 @@
 """Shared fixtures: the real Fashion-MNIST folder, one embedded Ray for engine tests, one real completed run for
-the tests of the commands that read runs, one real 2-worker run, and S3 (helpers/s3server.py, helpers/outage.py).
-What tests import lives in the helpers package."""
+the tests of the commands that read runs, one real 2-worker run, S3 (helpers/s3server.py, helpers/outage.py) and
+an MLflow server (helpers/mlflow_server.py). What tests import lives in the helpers package."""
 
 import os
 import subprocess
@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from helpers.outage import s3_outages  # noqa: F401 - fixtures for every test module
+from helpers.mlflow_server import mlflow_server  # noqa: F401 - fixtures for every test module
+from helpers.outage import s3_outages  # noqa: F401
 from helpers.runs import TWO_WORKER_RECIPE, temporary_files
 from helpers.s3server import s3_bucket, s3_server, s3_session_server  # noqa: F401
 

@@ -49,7 +49,8 @@ def test_defaults_are_the_reference_recipe():
 def test_every_group_option_composes_and_validates(group, option):
     required = {"s3": ["storage.uri=s3://bucket/prefix"], "image_folder": ["dataset.path=/data/images"]}.get(option, [])
     job = resolve(compose_config(f"{group}={option}", *required))
-    sections = {"model", "dataset", "resources", "storage", "framework", "trainer", "ray", "resume", "rerun", "sweep"}
+    sections = {"model", "dataset", "resources", "storage", "framework", "trainer", "ray", "resume", "rerun", "sweep",
+                "tracking"}  # fmt: skip
     assert set(to_mapping(job)) == sections
     assert (job.sweep is None) == (group != "sweep")
     assert set(asdict(job.storage)) == {"uri", "endpoint_url", "region", "create_bucket", "retry_seconds"}
@@ -73,9 +74,10 @@ def test_a_job_saves_the_composed_config_and_reads_it_back(group, option):
 def test_a_run_saved_by_an_older_dltrain_resumes_as_a_job_with_this_commands_storage():
     current = resolve(compose_config("storage.uri=/new/runs", "ray.wait_for_workers_s=30"))
     saved = to_mapping(resolve(compose_config("trainer.epochs=3", "storage.uri=/old/runs")))
-    del saved["trainer"]["precision"], saved["dataset"]["classes"], saved["ray"]  # keys added since
+    del saved["trainer"]["precision"], saved["dataset"]["classes"], saved["ray"], saved["tracking"]  # added since
     job = from_saved(saved, current, resume="20261201-000000-abcdef", rerun=None)
     assert (job.trainer.epochs, job.trainer.precision, job.dataset.classes) == (3, "float32", None)
+    assert (job.tracking.mlflow_uri, job.tracking.experiment) == (None, "dltrain")
     assert (job.storage.uri, job.ray.wait_for_workers_s, job.resume) == ("/new/runs", 30, "20261201-000000-abcdef")
 
 
@@ -221,6 +223,13 @@ def test_overrides_reach_the_job():
          "trainer.callbacks.x.monitor: a callback's arguments are values, not objects to build"),
         (["+trainer.callbacks.x={_target_: keras.callbacks.EarlyStopping, _partial_: true}"],
          "trainer.callbacks.x._partial_: a callback's arguments are values"),
+        (["tracking.mlflow_uri=file:///tmp/mlruns"], "tracking.mlflow_uri='file:///tmp/mlruns' is invalid: "
+                                                     "expected null or an MLflow tracking server's http(s):// URL"),
+        (["tracking.mlflow_uri='http://alice:secret@mlflow:5000'"],
+         "tracking.mlflow_uri='http://alice:secret@mlflow:5000' is invalid: expected null or an MLflow tracking "
+         "server's http(s):// URL, without credentials (MLflow's client reads them from MLFLOW_TRACKING_USERNAME"),
+        (["tracking.mlflow_uri=http://"], "tracking.mlflow_uri='http://' is invalid"),
+        (["tracking.experiment=''"], "tracking.experiment='' is invalid: expected an MLflow experiment name"),
         (["model._target_=os.path"], "model._target_=os.path is not a function with a signature: name a function"),
         (["model._target_=math.pi"], "model._target_=math.pi is not a function with a signature"),
     ],

@@ -113,15 +113,18 @@ def test_lines_come_at_each_quarter_or_after_10_s():
     assert steps == [12, 22, 25, 35, 45, 50, 60, 70, 75, 85, 95]  # 10 s count from the first message, step 2
 
 
-def test_epoch_lines_print_once_in_order_and_late_progress_is_dropped():
-    stream = io.StringIO()
-    console = Console("lines", stream, Clock())
+@pytest.mark.parametrize("mode", ["lines", "none"])
+def test_epoch_lines_print_once_in_order_and_late_progress_is_dropped(mode):
+    stream, epochs_ended = io.StringIO(), []
+    console = Console(mode, stream, Clock(), on_epoch=epochs_ended.append)
     console.show(_epoch(1))
     console.show(_progress(1, 50))  # late: epoch 1 is printed
     console.show(_epoch(1))  # again, after a restart of the workers
     console.show(_epoch(2))
     assert stream.getvalue().splitlines() == [line for line in stream.getvalue().splitlines() if "  step " not in line]
-    assert [line.split("  ")[0] for line in stream.getvalue().splitlines()] == ["epoch 1/3", "epoch 2/3"]
+    printed = [line.split("  ")[0] for line in stream.getvalue().splitlines()]
+    assert printed == (["epoch 1/3", "epoch 2/3"] if mode == "lines" else [])
+    assert epochs_ended == [_epoch(1)["run_id"]] * 2  # each epoch once, whatever the mode shows (the MLflow mirror)
 
 
 def test_the_next_epochs_progress_waits_for_this_epochs_line():

@@ -11,6 +11,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from mlflow import MlflowClient
 
 from dltrain.config import resolve
 from dltrain.data.fashion_mnist import CLASS_NAMES
@@ -19,9 +20,11 @@ from dltrain.search_space import Dimension, flatten, parse
 from dltrain.sweep.tune_settings import param_space, scheduler, trial_count
 
 from helpers.config import compose_config
+from helpers.mlflow_server import mirrored_runs
 from helpers.s3server import create_bucket
 
 TINY = ["dataset.limit=1280", "trainer.batch_size=64"]
+MLFLOW_STATUS = {"COMPLETED": "FINISHED", "STOPPED": "KILLED", "FAILED": "FAILED"}  # a run's in MLflow, by dltrain's
 
 
 @pytest.mark.parametrize(
@@ -156,12 +159,14 @@ def _check_trials_table(storage: Path, sweep_id: str, keys: list[str]) -> list[d
 
 
 @pytest.mark.slow
-def test_asha_sweep_stops_poor_trials_early_and_records_every_trial(real_data, tmp_path):
+def test_asha_sweep_stops_poor_trials_early_and_records_every_trial(real_data, tmp_path, mlflow_server):
+    experiment = f"asha-{tmp_path.name}"
     result = _dltrain(
         "sweep=asha", "sweep.num_samples=4", "trainer.epochs=4", "sweep.scheduler.grace_period=1",
         "sweep.scheduler.reduction_factor=2", "sweep.space.trainer.batch_size='choice([32, 64])'",
         "+sweep.space.dataset.classes='choice([[0, 1, 2], [3, 4, 5, 6, 7]])'", f"dataset.path={real_data}",
-        f"storage.uri={tmp_path}", *TINY,
+        f"storage.uri={tmp_path}", f"tracking.mlflow_uri={mlflow_server.uri}", f"tracking.experiment={experiment}",
+        *TINY,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     sweep_id = result.stdout.splitlines()[0].split()[2]
@@ -194,14 +199,36 @@ def test_asha_sweep_stops_poor_trials_early_and_records_every_trial(real_data, t
     assert result.stdout.splitlines()[-1].startswith(f"dltrain: best val_accuracy {best['best_val_accuracy']:.4f}: ")
     assert result.stdout.splitlines()[-1].endswith(f"-> run {best['run_id']}")
     assert not any(noise in result.stdout for noise in ("Traceback", "I0000", "oneDNN", "View detailed results"))
+    _check_mirrored_to_mlflow(mlflow_server.uri, experiment, tmp_path, sweep_id, rows)
+
+
+def _check_mirrored_to_mlflow(uri: str, experiment: str, storage: Path, sweep_id: str, rows: list[dict]) -> None:
+    """MLflow has the sweep as a run, its trials as child runs, each ended as its run did, with every epoch once."""
+    client, mirrored = MlflowClient(uri), mirrored_runs(uri, experiment)
+    sweep = mirrored.pop(sweep_id)
+    assert (sweep.data.tags["dltrain.kind"], sweep.data.tags["dltrain.status"], sweep.info.status) == (
+        "sweep", "COMPLETED", "FINISHED")  # fmt: skip
+    assert [item.path for item in client.list_artifacts(sweep.info.run_id, "plots")] == ["plots/trials.png"]
+    assert set(mirrored) == {row["run_id"] for row in rows}
+    for row in rows:
+        trial = mirrored[row["run_id"]]
+        assert trial.data.tags["mlflow.parentRunId"] == sweep.info.run_id and trial.data.tags["dltrain.kind"] == "trial"
+        assert (trial.data.tags["dltrain.status"], trial.info.status) == (row["status"], MLFLOW_STATUS[row["status"]])
+        config = flatten(yaml.safe_load((storage / row["run_id"] / "config.yaml").read_text()))
+        assert set(trial.data.params) == set(config)
+        assert trial.data.params["trainer.learning_rate"] == str(config["trainer.learning_rate"])
+        history = client.get_metric_history(trial.info.run_id, "val_accuracy")
+        assert [metric.step for metric in history] == list(range(1, row["epochs"] + 1))
 
 
 @pytest.mark.slow
-def test_grid_sweep_interrupted_on_the_driver_resumes_to_exactly_the_grid(real_data, tmp_path):
+def test_grid_sweep_interrupted_on_the_driver_resumes_to_exactly_the_grid(real_data, tmp_path, mlflow_server):
+    experiment = f"grid-{tmp_path.name}"
     args = [
         "sweep=grid", "sweep.space.trainer.learning_rate='choice([0.001, 0.003])'",
         "sweep.space.model.dropout='choice([0.3])'", "trainer.epochs=2", f"dataset.path={real_data}",
-        f"storage.uri={tmp_path}", *TINY,
+        f"storage.uri={tmp_path}", f"tracking.mlflow_uri={mlflow_server.uri}", f"tracking.experiment={experiment}",
+        *TINY,
     ]  # fmt: skip
     process = subprocess.Popen(
         [sys.executable, "-m", "dltrain", *args],
@@ -240,6 +267,8 @@ def test_grid_sweep_interrupted_on_the_driver_resumes_to_exactly_the_grid(real_d
     assert interrupted and all("resumed" in _status(tmp_path / run_id) for run_id in interrupted)
     summary = json.loads((tmp_path / sweep_id / "summary.json").read_text())
     assert summary["completed"] == 2 and summary["trial_epochs"] == summary["budget_epochs"] == 4
+    # Resumed, the sweep and its trials went on in their own MLflow runs, each epoch sent once.
+    _check_mirrored_to_mlflow(mlflow_server.uri, experiment, tmp_path, sweep_id, rows)
 
 
 @pytest.mark.slow

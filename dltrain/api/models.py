@@ -14,6 +14,7 @@ from dltrain.errors import DltrainError, one_line_errors
 from dltrain.registry import Registry
 from dltrain.serving.images import BadImage, decode
 from dltrain.serving.source import ModelSource, locate
+from dltrain.tracking import mirror_alias
 
 if TYPE_CHECKING:  # imported when a model is loaded: `import dltrain` loads no Keras
     import keras
@@ -149,5 +150,9 @@ def set_alias(
     if any."""
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise DltrainError(f"version={version!r}: expected an integer >= 1")
+    registry = Registry(opened(storage, endpoint_url, region))
     with one_line_errors():
-        return Registry(opened(storage, endpoint_url, region)).set_alias(name, version, alias)
+        before = registry.set_alias(name, version, alias)
+        saved = registry.config(name, version)
+    mirror_alias(saved, name, version, alias)  # in MLflow's registry too, where the version's run was mirrored
+    return before

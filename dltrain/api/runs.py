@@ -13,6 +13,7 @@ from dltrain.overview import SHOWN_STATUSES, overview, read_file, run_named
 from dltrain.references import model_folder
 from dltrain.registry import Registry, parse_tags
 from dltrain.runs import MODEL_FILE, Run, RunStore, check_run_id, observed_status
+from dltrain.tracking import mirror_version
 
 if TYPE_CHECKING:  # imported when used: `import dltrain` loads neither
     import keras
@@ -84,7 +85,8 @@ class RunHandle:
 
     def register(self, name: str, *, tags: Mapping[str, str] | None = None, alias: str | None = None) -> dict:
         """Register the final model of this COMPLETED run as the next version of `name`, with `tags`, and point
-        `alias` (e.g. production) at it, as `dltrain models register` does; returns the version's record (name,
+        `alias` (e.g. production) at it, as `dltrain models register` does (in MLflow's registry too, where the
+        run was mirrored); returns the version's record (name,
         version, run_id, metrics, tags, ..., and the `uri` of its folder)."""
         given = {str(key): str(value) for key, value in (tags or {}).items()}
         registry = Registry(self._run.storage)
@@ -93,6 +95,8 @@ class RunHandle:
             if parse_tags([f"{key}={value}" for key, value in given.items()]) != given:
                 raise ValueError(f"tags {given}: a key is letters, digits, _ . - and a value one line of text")
             record = registry.register(self._run, name, given, alias)
+            saved = self._run.config()
+        mirror_version(saved, record, alias)  # to MLflow's registry, where this run was mirrored
         return record | {"uri": registry.uri_of(record["name"], record["version"])}
 
 

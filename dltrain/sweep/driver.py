@@ -3,6 +3,7 @@ terms (tune_settings.py), continuing Tune's saved state when resumed; the sweep'
 
 import os
 import time
+from collections.abc import Callable
 
 from ray import tune
 
@@ -20,8 +21,9 @@ from dltrain.sweep.tune_settings import param_space, scheduler, search_algorithm
 _TUNE_FOLDER = "tune"
 
 
-def run_sweep(job: Job, data: DataSet, sweep: Run, resuming: bool) -> dict:
-    """Run (or resume) the sweep `job` describes on the data set `data`, recorded in `sweep`; returns its summary."""
+def run_sweep(job: Job, data: DataSet, sweep: Run, resuming: bool, on_epoch: Callable[[str], None] | None) -> dict:
+    """Run (or resume) the sweep `job` describes on the data set `data`, recorded in `sweep`; returns its summary.
+    The console calls `on_epoch` with a trial's run id at each of its epochs."""
     settings = job.sweep
     trials = trial_count(settings)
     at_once = min(settings.max_concurrent_trials, trials)
@@ -31,7 +33,7 @@ def run_sweep(job: Job, data: DataSet, sweep: Run, resuming: bool) -> dict:
         try:
             with (
                 cluster.ray_connection(job.ray.address, dashboard=True) as embedded,
-                Console("none") as console,
+                Console("none", on_epoch=on_epoch) as console,
                 report.progress_to(sweep.id, console),
             ):
                 results = _tune(job, data, sweep, trials, at_once, resuming, console, embedded)

@@ -8,6 +8,7 @@ from ray.actor import ActorHandle
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from dltrain import config, lifecycle
+from dltrain.console import EpochRelay
 from dltrain.data.dataset import DataSet
 from dltrain.errors import DltrainError
 from dltrain.job import Job, SweepConfig
@@ -42,7 +43,7 @@ def check_trial_models(job: Job, data: DataSet, driver_log: Path | None) -> None
 def run_trial(params: dict, job: Job, data: DataSet, sweep_id: str, per_worker: dict, console: ActorHandle) -> None:
     """One trial, in its Tune actor: a dltrain run of `job` with the trial's values (resumed if it exists, and
     not trained again if it has COMPLETED), ending with a report of its last epoch and test metrics. Its rank 0
-    sends its progress to the sweep's `console`.
+    sends its progress, and Ray Train's controller each of its epochs, to the sweep's `console`.
 
     Ray Train reports each epoch to Tune as it ends. A trial resumed after its last checkpoint trains no epoch,
     and Tune fails a sweep whose trial ends without reporting its metric: the last report covers that trial.
@@ -62,7 +63,8 @@ def run_trial(params: dict, job: Job, data: DataSet, sweep_id: str, per_worker: 
         if resuming:
             run.claim()  # ValueError where another live driver has it
         with lifecycle.recorded(run, Scrubber(config.to_mapping(trial_job))):
-            trainer = lifecycle.ray_trainer(trial_job, data, run, per_worker, [TuneReportCallback()], console)
+            relay = EpochRelay(console, run.id, trial_job.trainer.epochs)
+            trainer = lifecycle.ray_trainer(trial_job, data, run, per_worker, [TuneReportCallback(), relay], console)
             lifecycle.execute(trial_job, run, trainer)
     tune.report(run.metrics()[-1] | (run.test_metrics() if run.has_final_model() else {}))  # none if stopped
 

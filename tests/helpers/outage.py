@@ -1,10 +1,10 @@
-"""Storage outages on cue: a TCP proxy on 127.0.0.1 in front of the test S3 server that goes down on an event.
+"""Server outages on cue: a TCP proxy on 127.0.0.1 in front of a test server (S3, MLflow) that goes down on an event.
 
 `proxy.arm(pattern, seconds)` queues an outage. The first request whose request line matches `pattern` (say a
 PUT of `checkpoint_manager_snapshot.json`) starts it: that request is dropped, every open connection is cut,
 and the proxy stops listening, so new connections are refused, as with a stopped server. After `seconds` (or,
 with seconds=None, when the test calls `end(outage)`) it listens again on the same port. Outages fire in the
-order they were armed, each once; each records when it began and ended. The S3 server behind the proxy keeps
+order they were armed, each once; each records when it began and ended. The server behind the proxy keeps
 running, so an outage lasts exactly as long as asked.
 
 Every request line the proxy sees is kept, in order (`proxy.requests`): a test counts what a client asked for,
@@ -27,6 +27,7 @@ from helpers.s3server import S3Server
 
 HOST = "127.0.0.1"
 _REQUEST_LINE = re.compile(rb"(?m)^(GET|PUT|POST|HEAD|DELETE) (\S+) HTTP/1\.[01]\r?$")
+_REQUEST_START = re.compile(rb"(GET|PUT|POST|HEAD|DELETE) /")
 
 
 @dataclass
@@ -109,7 +110,10 @@ class OutageProxy:
             while data := source.recv(65536):
                 if from_client:
                     # Request lines are matched across reads; the tail kept from the last read is matched again
-                    # only where a line ends in the new data.
+                    # only where a line ends in the new data. A read that begins with a request starts afresh: on a
+                    # kept-alive connection the last request's body (JSON, say) ends without a line break.
+                    if _REQUEST_START.match(data):
+                        tail = b""
                     seen, fresh_from = tail + data, len(tail)
                     tail = seen[-512:]
                     lines = [line for line in _REQUEST_LINE.finditer(seen) if line.end() > fresh_from]

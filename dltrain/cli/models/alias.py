@@ -1,5 +1,6 @@
 """`dltrain models alias NAME N ALIAS`: point ALIAS (e.g. production) at version N of NAME, moving it if it was
-elsewhere; NAME@ALIAS then addresses that version."""
+elsewhere; NAME@ALIAS then addresses that version (in MLflow's registry too, where the version's run was
+mirrored)."""
 
 import argparse
 

@@ -1,5 +1,6 @@
 """`dltrain models register RUN_ID --name NAME [--tag k=v ...] [--alias A]`: make a completed run's final model
-version N of NAME: an immutable copy of the model, config, metrics, summary and provenance in the registry."""
+version N of NAME: an immutable copy of the model, config, metrics, summary and provenance in the registry; and a
+version of NAME in MLflow's registry too, where the run was mirrored (its tracking.mlflow_uri)."""
 
 import argparse
 
