@@ -135,9 +135,14 @@ class Registry:
             version += 1
         folder = self._path(name, version)
         copied = [relative for relative in files if relative.startswith("model/") or relative in _RUN_FILES]
-        for relative in copied:  # on S3 a server-side copy: nothing passes through this machine
-            self.storage.filesystem.create_dir(f"{folder}/{relative}".rsplit("/", 1)[0], recursive=True)
-            self.storage.filesystem.copy_file(f"{run.path}/{relative}", f"{folder}/{relative}")
+        try:
+            for relative in copied:  # on S3 a server-side copy: nothing passes through this machine
+                self.storage.filesystem.create_dir(f"{folder}/{relative}".rsplit("/", 1)[0], recursive=True)
+                self.storage.filesystem.copy_file(f"{run.path}/{relative}", f"{folder}/{relative}")
+        except OSError:
+            # `models delete --force` removed the folder under the copy: said below, as after a whole copy.
+            if self._read(name, version, VERSION_FILE)["status"] == REGISTERING:
+                raise
 
         def ready(current: dict | None) -> dict | None:
             return record | {"status": READY} if current and current["status"] == REGISTERING else None

@@ -1,6 +1,7 @@
 """Nothing lost under concurrency: registrations, deletions and alias moves in the model registry, and resumes and
 deletions of runs, made by real processes released together by a barrier, on local storage and on SeaweedFS."""
 
+import dataclasses
 import json
 import multiprocessing
 import queue
@@ -172,6 +173,34 @@ def test_a_deletion_racing_a_registration_never_leaves_a_ready_version_without_i
                 assert files == {"version.json"}
     finally:
         racers.close()
+
+
+class _DeletedUnderTheCopy:
+    """A filesystem on which `models delete --force racing:1` comes just before the registration copies its first
+    file of model/ (the moment the race above meets now and then)."""
+
+    def __init__(self, storage: Storage):
+        self.storage, self.deleted = storage, False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.storage.filesystem, name)
+
+    def copy_file(self, source: str, destination: str) -> None:
+        if "/model/" in destination and not self.deleted:
+            self.deleted = True
+            Registry(self.storage).delete("racing", 1, force=True)
+        self.storage.filesystem.copy_file(source, destination)
+
+
+def test_a_forced_deletion_under_a_local_copy_fails_the_registration_as_deleted(completed_run, tmp_path):
+    storage = open_storage(StorageConfig(uri=str(tmp_path / "runs")))
+    run_id = _copy_run(completed_run, storage)
+    copying = dataclasses.replace(storage, filesystem=_DeletedUnderTheCopy(storage))
+    with pytest.raises(ValueError, match=r"^racing:1 was deleted while it was being registered: nothing was regis"):
+        Registry(copying).register(RunStore(copying).get(run_id), "racing", {})
+    assert copying.filesystem.deleted
+    assert Registry(storage).versions("racing")[0]["status"] == "DELETED"
+    assert _version_files(storage, "racing", 1) == {"version.json"}
 
 
 @pytest.mark.slow
