@@ -401,13 +401,16 @@ def from_saved(saved: dict, current: Job, **changes: str | None) -> Job:
 
 @dataclasses.dataclass(frozen=True)
 class SavedOverview:
-    """What the run listings show of a saved config.yaml, which an older dltrain may have saved with fewer keys."""
+    """What the run listings, resume and MLflow's mirroring read of a saved config.yaml, which an older dltrain
+    may have saved with fewer keys."""
 
     model: str  # ModelConfig.short_name, `?` without a builder
     dataset: str  # the data set's name, `?` if none
     workers: str  # "4", or "2-4" for an elastic run
     epochs: int | None
     sweep: bool  # whether the config is a sweep's
+    framework: str  # tensorflow for a run saved before framework=jax
+    tracking: TrackingConfig  # where the run mirrors to (mlflow_uri None: nowhere, as before tracking)
 
 
 def saved_overview(saved: dict) -> SavedOverview:
@@ -424,6 +427,8 @@ def saved_overview(saved: dict) -> SavedOverview:
         workers=formatting.workers(fewest, most),
         epochs=saved.get("trainer", {}).get("epochs"),
         sweep=saved.get("sweep") is not None,
+        framework=saved.get("framework", {}).get("name", "tensorflow"),
+        tracking=TrackingConfig(**saved.get("tracking", {})),
     )
 
 

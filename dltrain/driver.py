@@ -36,9 +36,11 @@ def framework_of(cfg: DictConfig) -> str | None:
     """The framework the job trains on: the run's own for resume= and rerun=, else the config's."""
     reference = OmegaConf.select(cfg, "resume") or OmegaConf.select(cfg, "rerun")
     if reference:
+        from dltrain.config import saved_overview  # here: `--help` and `--cfg` stay fast
+
         with contextlib.suppress(Exception):  # launch.train says in one line what is wrong with the reference
             storage = open_storage(StorageConfig(**OmegaConf.to_container(cfg.storage, resolve=True)))
-            return named_run(storage, str(reference)).config()["framework"]["name"]
+            return saved_overview(named_run(storage, str(reference)).config()).framework
     return OmegaConf.select(cfg, "framework.name")
 
 

@@ -30,6 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TextIO
 
+from dltrain.config import saved_overview
 from dltrain.job import Job, TrackingConfig
 from dltrain.runs import ENDED, PROVENANCE_FILE, Run
 from dltrain.search_space import flatten
@@ -157,7 +158,7 @@ class _Tracker:
         found = _find_run(client, self._experiment_id, run_id)
         if found is None:
             config = run.config()
-            tags = self._tags(run, config["framework"]["name"])
+            tags = self._tags(run, saved_overview(config).framework)
             mlflow_id = client.create_run(self._experiment_id, run_name=run_id, tags=tags).info.run_id
             self._log(mlflow_id, params=_params(config))
             self._logged[run_id] = 0
@@ -256,7 +257,7 @@ class _Tracker:
 
 def _tracking_of(config: dict) -> TrackingConfig | None:
     """The tracking settings of a saved config, None where it mirrors nowhere (or predates tracking)."""
-    settings = TrackingConfig(**config.get("tracking", {}))
+    settings = saved_overview(config).tracking
     return settings if settings.mlflow_uri else None
 
 
