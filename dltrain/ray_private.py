@@ -19,10 +19,8 @@ from ray._raylet import GcsClient
 from ray.autoscaler.v2.utils import is_autoscaler_v2
 from ray.core.generated.autoscaler_pb2 import GetClusterStatusReply
 from ray.experimental.internal_kv import _internal_kv_get
-from ray.train.v2._internal.execution.callback import ControllerCallback
+from ray.train.v2._internal.execution.callback import ControllerCallback as ControllerCallback  # re-exported
 from ray.train.v2._internal.execution.controller.state import RunningState
-
-__all__ = ["ControllerCallback"]  # the base class of a hook into Ray Train's controller (its state updates)
 
 GCS_PORT_VARIABLE = ray_constants.GCS_PORT_ENVIRONMENT_VARIABLE  # the port a Ray started here gives its GCS
 # Ray's switch for a single-machine cluster, whose node address and servers stay on 127.0.0.1 ("0").
