@@ -24,6 +24,7 @@ from dltrain.runs import RunStore
 from dltrain.storage import open_storage
 
 from helpers.config import compose_config
+from helpers.ports import free_port
 
 
 def _dltrain(
@@ -194,9 +195,7 @@ def test_resume_of_an_unknown_run_fails_in_one_line(tmp_path):
 @pytest.fixture
 def logical_gpu_cluster(worker_env):
     """A real `ray start --head` cluster on 127.0.0.1 declaring 4 logical GPUs (there are none): its address."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     env = {**worker_env, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token"}
     temp_dir = tempfile.mkdtemp(prefix="dltrain-ray-")  # short: Ray's unix socket paths must fit in 107 bytes
     head = subprocess.Popen(

@@ -9,7 +9,6 @@ import itertools
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -24,6 +23,8 @@ from dltrain.data import fashion_mnist
 from dltrain.job import StorageConfig
 from dltrain.runs import RunStore
 from dltrain.storage import open_storage
+
+from helpers.ports import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -135,9 +136,7 @@ def test_dltrain_serve_answers_with_the_probabilities_of_the_jax_run(jax_runs, w
     _, folder, _ = jax_runs[1]
     images = fashion_mnist.load(real_data)[1][0][:8]
     expected = _jax_probabilities(folder / "model" / "model.keras", images, worker_env)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     server = subprocess.Popen(
         [str(Path(sys.executable).parent / "dltrain"), "serve", folder.name, "--storage", str(folder.parent),
          "--port", str(port), "--api-key-env", "DLTRAIN_TEST_KEY"],

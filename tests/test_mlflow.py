@@ -4,7 +4,6 @@ child runs are checked by test_sweep.py's ASHA sweep."""
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +17,7 @@ from dltrain.search_space import flatten
 
 from helpers.mlflow_server import mirrored_runs
 from helpers.outage import OutageProxy
+from helpers.ports import free_port
 
 DLTRAIN = str(Path(sys.executable).parent / "dltrain")
 PASSWORD, TOKEN = "pw-5c81d0", "tok-93ef02"  # a RemoteMonitor's: in its URL, and in one of its headers
@@ -28,16 +28,9 @@ def _dltrain(*args: str, env: dict | None = None) -> subprocess.CompletedProcess
     return subprocess.run([DLTRAIN, *args], capture_output=True, text=True, timeout=600, env=env)
 
 
-def _closed_port() -> int:
-    """A loopback port nobody listens on."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_a_run_is_mirrored_as_it_goes_and_its_registered_versions_and_aliases_too(real_data, tmp_path, mlflow_server):
-    storage, experiment, closed = tmp_path / "runs", f"mirrored-{tmp_path.name}", _closed_port()
+    storage, experiment, closed = tmp_path / "runs", f"mirrored-{tmp_path.name}", free_port()
     proxy = OutageProxy(("127.0.0.1", mlflow_server.port))
     # The first log-batch (the params) is cut off, and MLflow is unreachable for a second: the client retries.
     outage = proxy.arm(r"/api/2\.0/mlflow/runs/log-batch", 1)
@@ -109,7 +102,7 @@ def test_a_run_is_mirrored_as_it_goes_and_its_registered_versions_and_aliases_to
 
 @pytest.mark.slow
 def test_an_mlflow_server_that_does_not_answer_never_fails_a_run_or_a_registration(real_data, tmp_path):
-    storage, down = tmp_path / "runs", f"http://127.0.0.1:{_closed_port()}"
+    storage, down = tmp_path / "runs", f"http://127.0.0.1:{free_port()}"
     # MLflow's client retries as its users set it; 2 quick retries here, not its 7 over about 4 minutes.
     env = {**os.environ, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
     trained = _dltrain("train", "trainer.epochs=1", *TINY, f"dataset.path={real_data}", f"storage.uri={storage}",

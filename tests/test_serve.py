@@ -30,18 +30,13 @@ from dltrain.registry import Registry
 from dltrain.runs import RunStore
 from dltrain.storage import open_storage
 
+from helpers.ports import free_port
 from helpers.s3server import create_bucket
 
 pytestmark = pytest.mark.slow
 
 KEY = "test-key-" + uuid.uuid4().hex  # the server's API key, passed through the environment as users would
 IMAGES = 8  # the test images sent
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +48,7 @@ def served(completed_run, tmp_path_factory):
     Registry(open_storage(StorageConfig(uri=str(storage)))).register(
         RunStore(open_storage(StorageConfig(uri=str(storage)))).get(run_folder.name), "fashion", {}, alias="production"
     )
-    port = _free_port()
+    port = free_port()
     process = subprocess.Popen(
         [str(Path(sys.executable).parent / "dltrain"), "serve", "fashion@production", "--storage", str(storage),
          "--port", str(port), "--api-key-env", "DLTRAIN_TEST_KEY"],

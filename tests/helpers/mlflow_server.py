@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,8 @@ from typing import Any
 
 import pytest
 from filelock import FileLock
+
+from helpers.ports import free_port
 
 SERVER_VERSION = "3.17.2"  # the newest full mlflow whose mlflow-tracing the index has
 HOST = "127.0.0.1"
@@ -56,12 +57,6 @@ def server_venv() -> Path:
                 raise RuntimeError(f"pip install mlflow=={SERVER_VERSION} failed:\n{installed.stderr[-3000:]}")
             complete.touch()
     return venv
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind((HOST, 0))
-        return probe.getsockname()[1]
 
 
 @dataclass
@@ -101,7 +96,7 @@ def _healthy(uri: str) -> bool:
 def start_server(workdir: Path) -> MlflowServer:
     """`mlflow server` on a free loopback port, its store and artifacts in `workdir`, once it answers /health."""
     python = server_venv() / "bin" / "python"
-    port = _free_port()
+    port = free_port(HOST)
     log_path = workdir / "mlflow-server.log"
     command = [
         str(python), "-m", "mlflow", "server", "--host", HOST, "--port", str(port), "--workers", "1",
