@@ -14,7 +14,7 @@ from typing import Any
 import ray.train
 from ray.actor import ActorHandle
 
-from dltrain import cluster, frameworks, plots, worker
+from dltrain import cluster, frameworks, plots, ray_private, worker
 from dltrain.config import to_mapping
 from dltrain.data import describe
 from dltrain.data.dataset import DataSet
@@ -31,6 +31,7 @@ from dltrain.storage import Storage
 log = logging.getLogger("dltrain")
 
 INTERRUPT_WAIT_S = 120  # training in the driver stops at its next step: a step, or a validation pass, at most
+ABORT_WAIT_S = 60  # Ray Train's abort of a run stops its workers and runs its controller's callbacks
 
 
 def check_data(job: Job) -> DataSet:
@@ -73,9 +74,10 @@ def fit(fittable: Any) -> Any:
     KeyboardInterrupt; returns what it returns.
 
     (In the main thread, Ray Train installs its own SIGINT handler, which ends the process with SystemExit.)
-    Leaving `ray_connection` then stops the workers: the embedded Ray shuts down, and a cluster's Ray Train
-    controller dies with the driver that owns it. A `fittable` that trains in this process (DriverTrainer) is
-    told to stop instead, and awaited for up to INTERRUPT_WAIT_S, so that nothing writes to the run after it.
+    A Ray trainer's run is then aborted as that handler would: its workers stop, and Ray Train withdraws the
+    resources it asked the cluster for, even where the driver goes on (a notebook's own Ray). A `fittable` that
+    trains in this process (DriverTrainer) is told to stop instead, and awaited for up to INTERRUPT_WAIT_S, so
+    that nothing writes to the run after it. (A Tune tuner's trials stop with the driver's Ray connection.)
     """
     outcome: dict[str, Any] = {}
 
@@ -95,6 +97,9 @@ def fit(fittable: Any) -> Any:
             if isinstance(fittable, worker.DriverTrainer):
                 fittable.interrupt()
                 thread.join(timeout=INTERRUPT_WAIT_S)
+            elif controller := ray_private.train_controller(thread):
+                with contextlib.suppress(ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+                    ray.get(controller.abort.remote(), timeout=ABORT_WAIT_S)  # it ends by leaving the actor
             raise
     if "error" in outcome:
         raise outcome["error"]

@@ -1,5 +1,5 @@
 """The Ray internals dltrain uses, in one place: what the cluster's autoscaler reports, Ray Train's controller
-callbacks and states, and the switches and paths of an embedded Ray.
+(its callbacks, states and abort), and the switches and paths of an embedded Ray.
 
 Ray 2.60 has no public API for these: `ray status` itself reads autoscaler v1's report from the GCS's key-value
 store and v2's state through a GCS RPC. Only the `ray==2.60.0` pin holds these names; tests/test_ray_private.py
@@ -8,6 +8,8 @@ fails loudly if an upgrade moves them.
 
 import contextlib
 import json
+import sys
+import threading
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,11 +18,13 @@ import ray
 from ray._common.utils import get_default_system_temp_dir
 from ray._private import ray_constants
 from ray._raylet import GcsClient
+from ray.actor import ActorHandle
 from ray.autoscaler.v2.utils import is_autoscaler_v2
 from ray.core.generated.autoscaler_pb2 import GetClusterStatusReply
 from ray.experimental.internal_kv import _internal_kv_get
 from ray.train.v2._internal.execution.callback import ControllerCallback as ControllerCallback  # re-exported
 from ray.train.v2._internal.execution.controller.state import RunningState
+from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
 GCS_PORT_VARIABLE = ray_constants.GCS_PORT_ENVIRONMENT_VARIABLE  # the port a Ray started here gives its GCS
 # Ray's switch for a single-machine cluster, whose node address and servers stay on 127.0.0.1 ("0").
@@ -49,6 +53,23 @@ def single_machine_switch() -> Iterator[None]:
 def workers_running(state: object) -> bool:
     """Whether a state of Ray Train's controller (a ControllerCallback sees each one) has its workers running."""
     return isinstance(state, RunningState)
+
+
+def train_controller(thread: threading.Thread) -> ActorHandle | None:
+    """The Ray Train controller that `thread`, in a Ray trainer's fit(), waits on; None before it has one.
+
+    Its `abort` ends the run as Ray Train's own Ctrl-C does: the workers stop and the controller's callbacks run,
+    Ray Train's withdrawal of its standing resource request among them (a controller that dies with its driver
+    leaves that request to the cluster for 3 minutes, and an elastic run on it counts those workers as taken).
+    Ray Train aborts only from a SIGINT handler that it installs when fit() runs in the main thread, and keeps the
+    controller in a local variable of `_initialize_and_run_controller`.
+    """
+    frame = sys._current_frames().get(thread.ident)
+    while frame is not None:
+        if frame.f_code is DataParallelTrainer._initialize_and_run_controller.__code__:
+            return frame.f_locals.get("controller")
+        frame = frame.f_back
+    return None
 
 
 Bundle = tuple[tuple[str, float], ...]  # a resource bundle, hashable: (("CPU", 1.0), ("GPU", 1.0))

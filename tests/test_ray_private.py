@@ -1,10 +1,18 @@
 """The Ray internals dltrain reads (dltrain/ray_private.py) are still where Ray 2.60 had them: importing the module
 and reading the embedded Ray's autoscaler report fail loudly after an upgrade that moved them."""
 
+import os
+import signal
+import threading
 import time
 from pathlib import Path
 
-from dltrain import ray_private
+import pytest
+import ray
+import ray.train
+from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
+
+from dltrain import lifecycle, ray_private
 
 REPORT_TIMEOUT_S = 60  # the embedded Ray's monitor reports every 5 s
 
@@ -42,3 +50,49 @@ def test_the_single_machine_switch_is_off_in_its_block_only():
         "RAY_GCS_SERVER_PORT",
     )
     assert Path(ray_private.system_temp_dir()).is_dir()
+
+
+def _wait_to_be_stopped(config: dict) -> None:
+    Path(config["started"]).write_text(str(os.getpid()))
+    threading.Event().wait()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_an_interrupted_ray_train_run_is_aborted_and_withdraws_its_resource_request(ray_cluster, tmp_path):
+    """Ctrl-C (here SIGTERM) in lifecycle.fit aborts a Ray trainer's run as Ray Train's own Ctrl-C would, though
+    this process and its Ray go on (as a notebook's do): the worker stops, and the resources Ray Train asked the
+    cluster for, which an elastic run there would count as taken for 3 minutes, are no longer reserved."""
+    started = tmp_path / "started"
+    trainer = DataParallelTrainer(
+        _wait_to_be_stopped,
+        train_loop_config={"started": str(started)},
+        scaling_config=ray.train.ScalingConfig(num_workers=1),
+        run_config=ray.train.RunConfig(storage_path=str(tmp_path)),
+    )
+    requester = f"train-{trainer.train_run_context.run_id}"  # Ray Train's name for its run's request
+    reserved_while_running = []
+
+    def interrupt_once_started() -> None:
+        while not started.exists():
+            time.sleep(0.1)
+        coordinator = ray.get_actor("AutoscalingCoordinator", namespace="AutoscalingCoordinator")
+        reserved_while_running.append(ray.get(coordinator.get_reserved_resources.remote(requester)))
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=interrupt_once_started, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt):
+        lifecycle.fit(trainer)
+    coordinator = ray.get_actor("AutoscalingCoordinator", namespace="AutoscalingCoordinator")
+    assert reserved_while_running[0], "the running worker's resources were never reserved"
+    assert ray.get(coordinator.get_reserved_resources.remote(requester)) == {}
+    worker_pid, deadline = int(started.read_text()), time.monotonic() + lifecycle.ABORT_WAIT_S
+    while _alive(worker_pid):
+        assert time.monotonic() < deadline, "the aborted run's worker still runs"
+        time.sleep(0.2)
