@@ -31,7 +31,9 @@ from dltrain.storage import Storage
 log = logging.getLogger("dltrain")
 
 INTERRUPT_WAIT_S = 120  # training in the driver stops at its next step: a step, or a validation pass, at most
-ABORT_WAIT_S = 60  # Ray Train's abort of a run stops its workers and runs its controller's callbacks
+# Ray Train's abort of a run withdraws its resource request at once, and stops its workers within about 2 s, which
+# a driver that `ray job stop` kills 3 s after its SIGTERM cannot wait for: the abort goes on without the driver.
+ABORT_WAIT_S = 1
 
 
 def check_data(job: Job) -> DataSet:
@@ -98,8 +100,7 @@ def fit(fittable: Any) -> Any:
                 fittable.interrupt()
                 thread.join(timeout=INTERRUPT_WAIT_S)
             elif controller := ray_private.train_controller(thread):
-                with contextlib.suppress(ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
-                    ray.get(controller.abort.remote(), timeout=ABORT_WAIT_S)  # it ends by leaving the actor
+                ray.wait([controller.abort.remote()], timeout=ABORT_WAIT_S)
             raise
     if "error" in outcome:
         raise outcome["error"]
