@@ -215,6 +215,11 @@ def test_a_longer_outage_fails_in_one_line_keeps_the_status_and_resume_completes
     (kept,) = (tmp_path / "cache" / "pending").glob(f"*/{run_id}.json")
     assert any(line.startswith(f"dltrain: warning: run {run_id} is FAILED but {cause}") and str(kept) in line
                for line in lines)  # fmt: skip
+    # Its driver log, which the storage did not take either, stays on this machine, named (and is removed here).
+    (stays,) = [line for line in lines if line.startswith("dltrain: the driver log stays in ")]
+    driver_log = Path(stays.removeprefix("dltrain: the driver log stays in ").split(": ", 1)[0])
+    assert f"run {run_id} failed" in driver_log.read_text()
+    driver_log.unlink()
 
     # The next command on this storage, whatever it is, stores the kept status.
     other = _dltrain(*storage, "resume=20200101-000000-000000", env=env, timeout=120)
