@@ -188,7 +188,7 @@ def _run(
                 relay = EpochRelay(console.handle, run.id, job.trainer.epochs)
                 progress_to = console.handle if console.shows_progress else None  # else rank 0 sends nothing
                 trainer = lifecycle.ray_trainer(job, data, run, per_worker, [relay], progress_to)
-                summary = lifecycle.execute(job, run, trainer)
+                summary = lifecycle.execute(job, run, trainer, abort_on_interrupt=not embedded)
     if summary["status"] == "STOPPED":
         print(f"dltrain: run {run.id} STOPPED: {summary['error']}; resume={run.id} continues it -> {run.uri}")
         return summary

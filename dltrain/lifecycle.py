@@ -71,15 +71,16 @@ def check_model(job: Job, data: DataSet, driver_log: Path | None) -> int:
     return model.count_params()
 
 
-def fit(fittable: Any) -> Any:
+def fit(fittable: Any, abort_on_interrupt: bool = False) -> Any:
     """Run `fittable.fit()` (a Ray trainer or a Tune tuner) in a thread, so that Ctrl-C reaches the driver as
     KeyboardInterrupt; returns what it returns.
 
     (In the main thread, Ray Train installs its own SIGINT handler, which ends the process with SystemExit.)
-    A Ray trainer's run is then aborted as that handler would: its workers stop, and Ray Train withdraws the
-    resources it asked the cluster for, even where the driver goes on (a notebook's own Ray). A `fittable` that
-    trains in this process (DriverTrainer) is told to stop instead, and awaited for up to INTERRUPT_WAIT_S, so
-    that nothing writes to the run after it. (A Tune tuner's trials stop with the driver's Ray connection.)
+    On a Ray that outlives the driver (a cluster, a notebook's own Ray: `abort_on_interrupt`), a Ray trainer's
+    run is then aborted as that handler would: its workers stop, and Ray Train withdraws the resources it asked
+    the cluster for. An embedded Ray ends with the driver, and all of it with it. A `fittable` that trains in this
+    process (DriverTrainer) is told to stop instead, and awaited for up to INTERRUPT_WAIT_S, so that nothing
+    writes to the run after it. (A Tune tuner's trials stop with the driver's Ray connection.)
     """
     outcome: dict[str, Any] = {}
 
@@ -99,7 +100,7 @@ def fit(fittable: Any) -> Any:
             if isinstance(fittable, worker.DriverTrainer):
                 fittable.interrupt()
                 thread.join(timeout=INTERRUPT_WAIT_S)
-            elif controller := ray_private.train_controller(thread):
+            elif abort_on_interrupt and (controller := ray_private.train_controller(thread)):
                 ray.wait([controller.abort.remote()], timeout=ABORT_WAIT_S)
             raise
     if "error" in outcome:
@@ -180,13 +181,13 @@ def _final_status(run: Run, status: str, error: str) -> None:
         print(f"dltrain: warning: {pending}", file=sys.stderr, flush=True)
 
 
-def execute(job: Job, run: Run, fittable: Any) -> dict:
+def execute(job: Job, run: Run, fittable: Any, abort_on_interrupt: bool = False) -> dict:
     """Train `job` into `run` with `fittable` (`ray_trainer` or a DriverTrainer), mark it RUNNING then COMPLETED
-    (or STOPPED, when `dltrain runs stop` asked it to stop), and return its summary."""
+    (or STOPPED, when `dltrain runs stop` asked it to stop), and return its summary; `abort_on_interrupt`: fit's."""
     started = time.time()
     run.set_status("RUNNING")
     with run.heartbeat(), cluster.controller_settings(job.ray.wait_for_workers_s):
-        fit(fittable)
+        fit(fittable, abort_on_interrupt)
     if (request := run.stop_request()) and not run.has_final_model():
         epochs = len(run.metrics())
         message = f"stopped after epoch {epochs}, as {request['by']} asked at {request['requested']}"

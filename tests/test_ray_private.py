@@ -67,9 +67,10 @@ def _alive(pid: int) -> bool:
 
 
 def test_an_interrupted_ray_train_run_is_aborted_and_withdraws_its_resource_request(ray_cluster, tmp_path):
-    """Ctrl-C (here SIGTERM) in lifecycle.fit aborts a Ray trainer's run as Ray Train's own Ctrl-C would, though
-    this process and its Ray go on (as a notebook's do): the worker stops, and the resources Ray Train asked the
-    cluster for, which an elastic run there would count as taken for 3 minutes, are no longer reserved."""
+    """Ctrl-C (here SIGTERM) in lifecycle.fit aborts a Ray trainer's run as Ray Train's own Ctrl-C would, on a Ray
+    that outlives the run's driver (here this process and its Ray go on, as a notebook's do): the worker stops, and
+    the resources Ray Train asked the cluster for, which an elastic run there would count as taken for 3 minutes,
+    are no longer reserved."""
     started = tmp_path / "started"
     trainer = DataParallelTrainer(
         _wait_to_be_stopped,
@@ -89,7 +90,7 @@ def test_an_interrupted_ray_train_run_is_aborted_and_withdraws_its_resource_requ
 
     threading.Thread(target=interrupt_once_started, daemon=True).start()
     with pytest.raises(KeyboardInterrupt):
-        lifecycle.fit(trainer)
+        lifecycle.fit(trainer, abort_on_interrupt=True)
     assert reserved_while_running[0], "the running worker's resources were never reserved"
     coordinator = ray.get_actor("AutoscalingCoordinator", namespace="AutoscalingCoordinator")
     worker_pid, deadline = int(started.read_text()), time.monotonic() + ABORT_TIMEOUT_S
