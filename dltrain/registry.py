@@ -98,7 +98,7 @@ class Registry:
         return self.storage.uri_of(MODELS_FOLDER, name, str(version))
 
     def _read(self, *parts: Any) -> dict:
-        return json.loads(self.storage.read_bytes(self._path(*parts)))
+        return self.storage.read_json(self._path(*parts))
 
     def _version_numbers(self, name: str) -> list[int]:
         return sorted(int(folder) for folder in self.storage.list_folders(self._path(name)) if folder.isdigit())

@@ -135,23 +135,39 @@ class Storage:
                 if changed is not None:
                     self.write_bytes(path, json.dumps(changed, indent=2).encode())
                 return current if changed is None else changed
-        import botocore.exceptions
-
-        bucket, key = path.split("/", 1)
-        client = s3_client(self.endpoint_url, self.region)
         while True:
-            try:
-                response = retried(self.filesystem, "reading", path, lambda: client.get_object(Bucket=bucket, Key=key))
-                current, condition = json.loads(response["Body"].read()), {"IfMatch": response["ETag"]}
-            except botocore.exceptions.ClientError as error:
-                if error.response.get("Error", {}).get("Code") not in ("NoSuchKey", "404"):
-                    raise
+            response = self._get_object(path)
+            if response is None:
                 current, condition = None, {"IfNoneMatch": "*"}
+            else:
+                current, condition = json.loads(response["Body"].read()), {"IfMatch": response["ETag"]}
             changed = change(current)
             if changed is None:
                 return current
             if self._conditional_put(path, json.dumps(changed, indent=2).encode(), condition):
                 return changed
+
+    def _get_object(self, path: str) -> dict | None:
+        """One GET of the S3 object `path` (boto3's response), None where there is none: one version of it, whole,
+        where pyarrow's ranged reads of an object being replaced may mix two."""
+        import botocore.exceptions
+
+        bucket, key = path.split("/", 1)
+        client = s3_client(self.endpoint_url, self.region)
+        try:
+            return retried(self.filesystem, "reading", path, lambda: client.get_object(Bucket=bucket, Key=key))
+        except botocore.exceptions.ClientError as error:
+            if error.response.get("Error", {}).get("Code") not in ("NoSuchKey", "404"):
+                raise
+            return None
+
+    def read_json(self, path: str) -> Any:
+        """The JSON file `path`, read whole: on S3 one version of it, even while another writer replaces it."""
+        if not self.uri.startswith("s3://"):
+            return json.loads(self.read_bytes(path))
+        if (response := self._get_object(path)) is None:
+            raise FileNotFoundError(f"s3://{path}: no such file")
+        return json.loads(response["Body"].read())
 
     @contextlib.contextmanager
     def lock(self, path: str, wait_seconds: float = LOCK_WAIT_S) -> Iterator[None]:
