@@ -175,7 +175,7 @@ class Run:
         self.storage.write_bytes(f"{self.path}/{name}", json.dumps(data, indent=2).encode())
 
     def _read_json(self, name: str) -> dict:
-        return json.loads(self.storage.read_bytes(f"{self.path}/{name}"))
+        return self.storage.read_json(f"{self.path}/{name}")
 
     def write_config(self, config: dict) -> None:
         """Save the resolved config (config.to_mapping of a Job) with secrets redacted."""

@@ -130,7 +130,7 @@ class Storage:
         """
         if not self.uri.startswith("s3://"):
             with self.lock(path):
-                current = json.loads(self.read_bytes(path)) if self.exists(path) else None
+                current = self.read_json(path) if self.exists(path) else None
                 changed = change(current)
                 if changed is not None:
                     self.write_bytes(path, json.dumps(changed, indent=2).encode())
