@@ -350,14 +350,23 @@ def s3_filesystem(
 
 
 def s3_client(endpoint_url: str | None, region: str | None) -> Any:
-    """A boto3 S3 client with credentials from the standard AWS chain, failing in seconds where S3 is unreachable."""
+    """A boto3 S3 client with credentials from the standard AWS chain as the environment names them now, failing in
+    seconds where S3 is unreachable."""
+    aws_environment = tuple(sorted((name, value) for name, value in os.environ.items() if name.startswith("AWS_")))
+    return _s3_client(endpoint_url, region or None, aws_environment)
+
+
+@functools.lru_cache(maxsize=16)
+def _s3_client(endpoint_url: str | None, region: str | None, aws_environment: tuple) -> Any:
+    """One client per endpoint, region and AWS_* environment (the cache key), each from a session of its own:
+    boto3's default session keeps the first credentials it resolves, for the life of the process."""
     import boto3
     import botocore.config
 
-    return boto3.client(
+    return boto3.session.Session().client(
         "s3",
         endpoint_url=endpoint_url,
-        region_name=region or None,
+        region_name=region,
         config=botocore.config.Config(connect_timeout=5, read_timeout=10, retries={"max_attempts": 2}),
     )
 

@@ -245,6 +245,22 @@ def test_create_bucket_makes_a_missing_bucket(s3_session_server, monkeypatch):
     assert name in {bucket["Name"] for bucket in server.client().list_buckets()["Buckets"]}
 
 
+def test_credentials_changed_in_the_environment_are_the_ones_the_next_request_uses(s3_session_server, monkeypatch):
+    """A process (a notebook, a test session) may name other credentials later: each request uses the current ones."""
+    server = s3_session_server
+    bucket = create_bucket(server)
+    for name, value in server.env().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+    with pytest.raises(ValueError, match="rejected the credentials"):
+        check_bucket(bucket, server.endpoint_url, None, create=False)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", server.secret_key)
+    check_bucket(bucket, server.endpoint_url, None, create=False)
+    storage = open_storage(StorageConfig(uri=f"s3://{bucket}/runs", endpoint_url=server.endpoint_url))
+    storage.update_json(f"{storage.root}/record.json", lambda record: {"version": 1})
+    assert storage.read_json(f"{storage.root}/record.json") == {"version": 1}
+
+
 def test_upload_copies_a_nested_folder_and_replaces_changed_files(s3_session_server, monkeypatch, tmp_path):
     """The per-epoch TensorBoard upload: train/ and validation/ subfolders, files that grow every epoch."""
     server = s3_session_server
