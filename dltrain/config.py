@@ -447,19 +447,7 @@ def _check_job(job: dict) -> None:
         if section == "dataset" and given.get("name") in DATASETS:
             rules = rules | _DATASET_RULES[given["name"]]
         _check_values(section, given, rules)
-    _check_model(job["model"])
-    _check_callbacks(job["trainer"]["callbacks"])
-
     trainer, resources, dataset = job["trainer"], job["resources"], job["dataset"]
-    if dataset["name"] == "image_folder":
-        size = dataset["image_size"]
-    else:
-        from dltrain.data.fashion_mnist import INPUT_SHAPE  # here: it imports Keras, as the model's check has
-
-        size = INPUT_SHAPE[0]
-    if dataset["shift"] >= size:
-        raise DltrainError(f"dataset.shift={dataset['shift']} is invalid: expected an integer from 0 to {size - 1} "
-                           f"(pixels: the images are {size}x{size})")  # fmt: skip
     worker_range = ResourcesConfig(**resources).worker_range
     least = worker_range[0]
     if least > resources["num_workers"]:
@@ -512,6 +500,18 @@ def _check_job(job: dict) -> None:
                 f"dataset.limit={dataset['limit']} leaves {train_samples} training samples, fewer than one "
                 f"global batch (trainer.batch_size={trainer['batch_size']})"
             )
+    # Last, as they import Keras (seconds): a mistake in the keys above is told at once.
+    _check_model(job["model"])
+    _check_callbacks(trainer["callbacks"])
+    if dataset["name"] == "image_folder":
+        size = dataset["image_size"]
+    else:
+        from dltrain.data.fashion_mnist import INPUT_SHAPE  # here: it imports Keras, as the model's check has
+
+        size = INPUT_SHAPE[0]
+    if dataset["shift"] >= size:
+        raise DltrainError(f"dataset.shift={dataset['shift']} is invalid: expected an integer from 0 to {size - 1} "
+                           f"(pixels: the images are {size}x{size})")  # fmt: skip
 
 
 def _check_sweep(job: dict) -> None:

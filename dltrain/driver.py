@@ -68,10 +68,14 @@ def train(cfg: DictConfig, overrides: list[str]) -> tuple[Job, dict]:
         # Keras takes its backend from the job's framework, before anything imports it.
         if (name := framework_of(cfg)) in frameworks.FRAMEWORKS:
             frameworks.use_keras_backend(name)
-        # TensorFlow's native start-up lines go to the driver log, not the console.
+        # Imported here, so that `--help` and `--cfg` stay fast; the config is checked before launch imports Keras,
+        # so that a mistake in it is told in a second. TensorFlow's native start-up lines (where the model's check
+        # imports Keras) go to the driver log, not the console.
         with output_to(driver_log, fds=(2,)):
-            from dltrain import config, launch  # imported here, so that `--help` and `--cfg` stay fast
-        job = config.resolve(cfg)
+            from dltrain import config
+
+            job = config.resolve(cfg)
+            from dltrain import launch
         with _records_at_info():
             return job, launch.train(job, driver_log, overrides)
     except DltrainError as error:
