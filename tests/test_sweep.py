@@ -277,8 +277,9 @@ def test_bayes_sweep_of_two_worker_trials_writes_its_folder_and_trials_to_s3_thr
 ):
     server = s3_session_server
     bucket = create_bucket(server)
-    # S3 goes away for 45 s as Tune first stores its experiment state, while trials train and write their own runs.
-    outage = s3_outages.arm(r"/tune/experiment_state", 45)
+    # S3 goes away for 20 s as Tune first stores its experiment state, while trials train and write their own runs
+    # (outages up to 45 s: test_s3).
+    outage = s3_outages.arm(r"/tune/experiment_state", 20)
     result = _dltrain(
         "sweep=bayes", "sweep.num_samples=2", "trainer.epochs=2", "resources.num_workers=2", "storage=s3",
         f"storage.uri=s3://{bucket}/runs", f"storage.endpoint_url={s3_outages.endpoint_url}",
