@@ -2,7 +2,6 @@
 storage into memory, with its class names and where it came from."""
 
 import dataclasses
-import json
 
 from dltrain.references import model_folder
 from dltrain.runs import CONFUSION_MATRIX_FILE, MODEL_FILE
@@ -32,7 +31,7 @@ def locate(storage: Storage, reference: str) -> ModelSource:
     model_bytes = storage.read_bytes(f"{folder.path}/{MODEL_FILE}")
     confusion = f"{folder.path}/{CONFUSION_MATRIX_FILE}"
     if storage.exists(confusion):
-        class_names = json.loads(storage.read_bytes(confusion))["class_names"]
+        class_names = storage.read_json(confusion)["class_names"]
     else:  # a Fashion-MNIST run from before class names were stored beside its model
         from dltrain.data import fashion_mnist  # imports Keras: only here, so that `dltrain --help` stays quick
 
