@@ -54,7 +54,7 @@ def unavailable_in(error: BaseException) -> StorageUnavailable | None:
 
 def is_transient(error: BaseException) -> bool:
     """Whether a later attempt may succeed where `error` failed (an outage, not a mistake): pyarrow's errors, and
-    boto3's for the requests pyarrow cannot make (conditional writes)."""
+    boto3's for the requests pyarrow cannot make (conditional writes, whole-object reads)."""
     if isinstance(error, StorageUnavailable):
         return False
     if type(error).__module__.startswith("botocore."):
