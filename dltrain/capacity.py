@@ -113,9 +113,11 @@ def _wait_for_autoscaler(workers: int, per_worker: dict[str, float], wait_s: flo
     it says (or after _ANNOUNCE_S without an answer, or at the end if the nodes came first)."""
     demand, started, before = describe_demand(workers, per_worker), time.monotonic(), _has(per_worker)
     ours = Counter({ray_private.bundle(per_worker): workers})
+    # Only the autoscaler's updates after the demand is posted count: the one current now cannot have answered it.
+    last_update = report.update if (report := ray_private.autoscaler_report()) is not None else None
     group = placement_group([per_worker] * workers, strategy="PACK")  # as Ray Train places a run's workers
     coming: dict[str, int] = {}
-    updates_seen, silent_updates, last_update, announced = 0, 0, None, False
+    updates_seen, silent_updates, announced = 0, 0, False
 
     def announce() -> None:
         nonlocal announced
