@@ -20,7 +20,9 @@ from dltrain.errors import DltrainError
 from dltrain.job import ResourcesConfig
 
 TRIAL_CPUS = 0.01  # what a sweep's trial (which only starts its workers) reserves; Tune refuses 0
-_POLL_S = 1.0  # how often the wait looks at the placement group and the autoscaler's report
+# How often the wait looks at the placement group and the autoscaler's report: often enough to see what the
+# autoscaler adds before a node that starts in seconds (as in the tests) is up.
+_POLL_S = 0.25
 # Autoscaler v1 does not say what is infeasible: after this many of its updates that saw the demand waiting and
 # added no node, while the nodes up cannot hold it, it adds none for it (no node type, within its limits, can).
 _SILENT_UPDATES = 2
@@ -113,11 +115,10 @@ def _wait_for_autoscaler(workers: int, per_worker: dict[str, float], wait_s: flo
     it says (or after _ANNOUNCE_S without an answer, or at the end if the nodes came first)."""
     demand, started, before = describe_demand(workers, per_worker), time.monotonic(), _has(per_worker)
     ours = Counter({ray_private.bundle(per_worker): workers})
-    # Only the autoscaler's updates after the demand is posted count: the one current now cannot have answered it.
-    last_update = report.update if (report := ray_private.autoscaler_report()) is not None else None
     group = placement_group([per_worker] * workers, strategy="PACK")  # as Ray Train places a run's workers
     coming: dict[str, int] = {}
-    updates_seen, silent_updates, announced = 0, 0, False
+    posted = last_answer = None  # the cluster state that first listed the demand; the autoscaler's last answer
+    answers, silent_updates, announced = 0, 0, False
 
     def announce() -> None:
         nonlocal announced
@@ -128,36 +129,45 @@ def _wait_for_autoscaler(workers: int, per_worker: dict[str, float], wait_s: flo
                   f"resources need {demand}; the cluster has {before} now"
                   f"{f'; adding {adding} node(s)' if adding else ''}", flush=True)  # fmt: skip
 
+    def listen() -> ray_private.AutoscalerReport | None:
+        """The autoscaler's latest report, heard as an answer to the demand if it read it."""
+        nonlocal posted, last_answer, answers, silent_updates, coming
+        report = ray_private.autoscaler_report()
+        if report is not None and posted is None and ours in report.pending:
+            posted = report.state
+        if report is not None and posted is not None and report.update >= posted:
+            coming = report.adding or coming
+            if report.update != last_answer:
+                last_answer, answers = report.update, answers + 1
+                silent = not report.adding and _slots(_nodes(), per_worker) < workers
+                silent_updates = silent_updates + 1 if silent else 0
+        return report
+
     try:
         while not ray.wait([group.ready()], timeout=_POLL_S)[0]:
-            waited = time.monotonic() - started
-            report = ray_private.autoscaler_report()
+            waited, report = time.monotonic() - started, listen()
             if report is not None and report.infeasible is not None and ours in report.infeasible:
                 raise DltrainError(
                     f"resources need {demand}; the cluster's autoscaler reports that no node type it may add can "
                     f"hold them (the cluster has {_has(per_worker)} now): lower resources.num_workers, or add a "
                     "larger node type to the cluster's config"
                 )
-            if report is not None and report.update != last_update and ours in report.pending:
-                last_update, updates_seen = report.update, updates_seen + 1
-                silent = not report.adding and _slots(_nodes(), per_worker) < workers
-                silent_updates = silent_updates + 1 if silent else 0
             if report is not None and report.infeasible is None and silent_updates >= _SILENT_UPDATES:
                 raise DltrainError(
                     f"resources need {demand}; the cluster's autoscaler adds no node for them (no node type, within "
                     f"its max_workers, can hold them; the cluster has {_has(per_worker)} now): lower "
                     "resources.num_workers, or add a larger node type to the cluster's config"
                 )
-            coming = (report.adding if report is not None else {}) or coming
-            # The autoscaler has answered once it says what it adds, or after an update beyond the one that saw the
-            # demand (the GCS lists a new demand before the autoscaler has looked at it).
-            if coming or updates_seen >= 2 or waited > _ANNOUNCE_S:
+            # The autoscaler has answered once it says what it adds, or after two answers that add nothing.
+            if coming or answers >= 2 or waited > _ANNOUNCE_S:
                 announce()
             if waited > wait_s:
                 raise DltrainError(
                     f"resources need {demand}; the cluster's autoscaler did not add them within "
                     f"ray.wait_for_workers_s={wait_s:g} s (the cluster has {_has(per_worker)} now)"
                 )
+        if not announced:
+            listen()  # the nodes came between two looks: the answer that added them lasts until its next update
         announce()
         print(f"dltrain: {demand} placed after {time.monotonic() - started:.0f} s; the cluster has "
               f"{_has(per_worker)} now", flush=True)  # fmt: skip

@@ -84,13 +84,19 @@ def bundle(resources: dict[str, float]) -> Bundle:
 class AutoscalerReport:
     """What the cluster's autoscaler said in its latest update.
 
-    `update` changes with every update; `pending` holds the gang demands (placement groups) it saw waiting, each
-    as a Counter of bundles; `adding` the nodes it is adding by node type; `infeasible` the gang demands it says
-    no node type can ever hold (autoscaler v2), or None where it does not say (v1).
+    `pending` holds the gang demands (placement groups) waiting in the cluster's state of version `state`, each as a
+    Counter of bundles. `update` names the autoscaler's latest update by the state it read (so an update answers a
+    demand first pending in state S once update >= S); `adding` the nodes it is adding by node type; `infeasible`
+    the gang demands it says no node type can ever hold (autoscaler v2), or None where it does not say (v1).
+
+    v1 reports its demands with its update (`state` is `update`, its time). v2's GCS lists demands the autoscaler
+    has not read yet, and its update (the instance manager's version) can change without a read: its versions are
+    those of the GCS's cluster state, one per read, the autoscaler's included.
     """
 
     version: int
     update: float
+    state: float
     pending: tuple[Counter, ...]
     adding: dict[str, int]
     infeasible: tuple[Counter, ...] | None
@@ -127,7 +133,7 @@ def autoscaler_report() -> AutoscalerReport | None:
     )
     adding = Counter(report.get("pending_launches") or {})
     adding.update(kind for *_, kind, _status in report.get("pending_nodes") or [])
-    return AutoscalerReport(1, status["time"], pending, dict(adding), None)
+    return AutoscalerReport(1, status["time"], status["time"], pending, dict(adding), None)
 
 
 def _v2_status() -> GetClusterStatusReply:
@@ -142,15 +148,18 @@ def _gang(request) -> Counter:
 
 def _v2_report() -> AutoscalerReport:
     reply = _v2_status()
-    state = reply.autoscaling_state
+    autoscaling, cluster = reply.autoscaling_state, reply.cluster_resource_state
     adding = Counter()
-    for request in state.pending_instance_requests:
+    for request in autoscaling.pending_instance_requests:
         adding[request.ray_node_type_name or request.instance_type_name] += request.count
-    adding.update(instance.ray_node_type_name or instance.instance_type_name for instance in state.pending_instances)
+    adding.update(
+        instance.ray_node_type_name or instance.instance_type_name for instance in autoscaling.pending_instances
+    )
     return AutoscalerReport(
         2,
-        state.autoscaler_state_version,
-        tuple(_gang(request) for request in reply.cluster_resource_state.pending_gang_resource_requests),
+        autoscaling.last_seen_cluster_resource_state_version,
+        cluster.cluster_resource_state_version,
+        tuple(_gang(request) for request in cluster.pending_gang_resource_requests),
         dict(adding),
-        tuple(_gang(request) for request in state.infeasible_gang_resource_requests),
+        tuple(_gang(request) for request in autoscaling.infeasible_gang_resource_requests),
     )

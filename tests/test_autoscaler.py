@@ -48,6 +48,17 @@ def _dltrain(cluster, real_data: Path, storage: Path, *overrides: str, timeout: 
     return subprocess.run(command, env=cluster.env(), capture_output=True, text=True, timeout=timeout)
 
 
+# A driver that asks for one 1-GPU worker at once, as a run does before Ray Train starts it, without the run.
+_WAIT = """
+import sys, ray
+from dltrain import capacity
+from dltrain.job import ResourcesConfig
+ray.init(address=sys.argv[1], logging_level="ERROR", log_to_driver=False)
+resources = ResourcesConfig(num_workers=1, use_gpu=True, cpus_per_worker=None)
+capacity.ensure_capacity(resources, {"CPU": 1.0, "GPU": 1.0}, 120, capacity.autoscaled(embedded=False))
+"""
+
+
 def _status(folder: Path) -> dict:
     return json.loads((folder / "status.json").read_text())
 
@@ -123,3 +134,16 @@ class TestAutoscalerV2:
         _impossible_request_fails_in_one_line(
             v2, real_data, tmp_path, "reports that no node type it may add can hold them"
         )
+
+
+def test_a_wait_begun_as_the_cluster_starts_names_the_node_type_it_adds():
+    """At v2's first report its head instance is still listed as coming, its updates after the demand is posted
+    may not have read it yet, and a fake node is up within 2 s of the update that adds it: the waiting line still
+    names the node type the autoscaler adds, not the head's."""
+    # A cluster of its own (after the class's), fresh: the wait begins at its autoscaler's first report.
+    with autoscaling_cluster(version=2) as cluster:
+        result = subprocess.run(cluster.in_namespace(sys.executable, "-c", _WAIT, GCS_ADDRESS), env=cluster.env(),
+                                capture_output=True, text=True, timeout=RUN_TIMEOUT_S)  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    waiting = [line for line in result.stdout.splitlines() if line.startswith("dltrain: waiting for")]
+    assert len(waiting) == 1 and waiting[0].endswith("; adding 1 gpu4 node(s)"), result.stdout
