@@ -26,7 +26,8 @@ _POLL_S = 0.25
 # Autoscaler v1 does not say what is infeasible: after this many of its updates that saw the demand waiting and
 # added no node, while the nodes up cannot hold it, it adds none for it (no node type, within its limits, can).
 _SILENT_UPDATES = 2
-_FIRST_REPORT_S = 15  # autoscalers report every 5 s
+_UPDATE_S = 6  # autoscalers update, and report, every 5 s: an update and a margin
+_FIRST_REPORT_S = 15  # a new cluster's autoscaler reports within its first updates
 _ANNOUNCE_S = 15  # the waiting line comes with the autoscaler's first answer, or after this long without one
 
 
@@ -115,9 +116,12 @@ def _wait_for_autoscaler(workers: int, per_worker: dict[str, float], wait_s: flo
     it says (or after _ANNOUNCE_S without an answer, or at the end if the nodes came first)."""
     demand, started, before = describe_demand(workers, per_worker), time.monotonic(), _has(per_worker)
     ours = Counter({ray_private.bundle(per_worker): workers})
+    # The cluster's state just before the demand is posted: only the autoscaler's updates that read a later one
+    # (where Ray lists the demand at once) answer it. Where there is no report yet, the first that lists it.
+    posted = report.state if (report := ray_private.autoscaler_report()) is not None else None
     group = placement_group([per_worker] * workers, strategy="PACK")  # as Ray Train places a run's workers
     coming: dict[str, int] = {}
-    posted = last_answer = None  # the cluster state that first listed the demand; the autoscaler's last answer
+    last_answer = None
     answers, silent_updates, announced = 0, 0, False
 
     def announce() -> None:
@@ -134,8 +138,8 @@ def _wait_for_autoscaler(workers: int, per_worker: dict[str, float], wait_s: flo
         nonlocal posted, last_answer, answers, silent_updates, coming
         report = ray_private.autoscaler_report()
         if report is not None and posted is None and ours in report.pending:
-            posted = report.state
-        if report is not None and posted is not None and report.update >= posted:
+            posted = report.state - 1
+        if report is not None and posted is not None and report.update > posted:
             coming = report.adding or coming
             if report.update != last_answer:
                 last_answer, answers = report.update, answers + 1
@@ -166,8 +170,12 @@ def _wait_for_autoscaler(workers: int, per_worker: dict[str, float], wait_s: flo
                     f"resources need {demand}; the cluster's autoscaler did not add them within "
                     f"ray.wait_for_workers_s={wait_s:g} s (the cluster has {_has(per_worker)} now)"
                 )
-        if not announced:
-            listen()  # the nodes came between two looks: the answer that added them lasts until its next update
+        # The nodes can be up before the autoscaler reports the update that added them (the tests' nodes start in a
+        # second): its answer is waited for, an update apart at most, so that the line names them.
+        answer_by = time.monotonic() + _UPDATE_S
+        while not announced and posted is not None and not answers and time.monotonic() < answer_by:
+            listen()
+            time.sleep(_POLL_S)
         announce()
         print(f"dltrain: {demand} placed after {time.monotonic() - started:.0f} s; the cluster has "
               f"{_has(per_worker)} now", flush=True)  # fmt: skip

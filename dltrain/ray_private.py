@@ -86,7 +86,7 @@ class AutoscalerReport:
 
     `pending` holds the gang demands (placement groups) waiting in the cluster's state of version `state`, each as a
     Counter of bundles. `update` names the autoscaler's latest update by the state it read (so an update answers a
-    demand first pending in state S once update >= S); `adding` the nodes it is adding by node type; `infeasible`
+    demand posted after state S once update > S); `adding` the nodes it is adding by node type; `infeasible`
     the gang demands it says no node type can ever hold (autoscaler v2), or None where it does not say (v1).
 
     v1 reports its demands with its update (`state` is `update`, its time). v2's GCS lists demands the autoscaler
