@@ -174,8 +174,8 @@ def _wait_for_autoscaler(workers: int, per_worker: dict[str, float], wait_s: flo
         # second): its answer is waited for, an update apart at most, so that the line names them.
         answer_by = time.monotonic() + _UPDATE_S
         while not announced and posted is not None and not answers and time.monotonic() < answer_by:
-            listen()
             time.sleep(_POLL_S)
+            listen()
         announce()
         print(f"dltrain: {demand} placed after {time.monotonic() - started:.0f} s; the cluster has "
               f"{_has(per_worker)} now", flush=True)  # fmt: skip
