@@ -18,6 +18,7 @@ import shutil
 import sys
 import threading
 import time
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -99,7 +100,8 @@ def _restore(model: keras.Model, run: Run, stage: Path, rank: int) -> int:
 
     The run folder, not Ray's record of its checkpoints, is the truth: a run may have trained in the driver's
     process (which keeps no such record) and then on Ray Train workers, or the other way round. A checkpoint that
-    does not load (a copy cut short when its writer died) is passed over for the one before.
+    does not load (a copy cut short when its writer died: Ray copies a checkpoint's files side by side, so its
+    state file can be whole and its model not) is passed over for the one before.
     """
     checkpoints = f"{run.path}/{_CHECKPOINTS}"
     for name in reversed(run.storage.list_folders(checkpoints)):
@@ -111,7 +113,7 @@ def _restore(model: keras.Model, run: Run, stage: Path, rank: int) -> int:
             model.optimizer.build(model.trainable_variables)
             model.load_weights(folder / MODEL_FILE)
             return json.loads((folder / _STATE_FILE).read_text())["epochs_done"]
-        except (OSError, ValueError, KeyError) as error:
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
             print(f"worker {rank}: checkpoint {name} does not load ({error}); trying the one before", flush=True)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
