@@ -8,6 +8,7 @@ test process imported it on TensorFlow. Those processes report whether TensorFlo
 import itertools
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -208,8 +209,12 @@ def test_sigterm_stops_two_jax_workers_and_resume_continues_on_jax(worker_env, r
     assert result.stdout.splitlines()[-1] == "tensorflow loaded: False"  # the saved framework, not the default
     assert run.status()["status"] == "COMPLETED" and run.status()["versions"]["framework"] == "jax"
     assert [row["epoch"] for row in run.metrics()] == list(range(1, 7))
-    resumed = [path.read_text() for path in (Path(run.path) / "logs").glob("worker-0-*.log")]
-    assert any(f"starting at epoch {done + 1}" in text for text in resumed)
+    logs = [path.read_text() for path in (Path(run.path) / "logs").glob("worker-0-*.log")]
+    (resumed,) = [text for text in logs if "starting at epoch 1" not in text]
+    # From a checkpoint (epoch 1's at least: its line was printed), skipping no epoch. The workers go on until the
+    # embedded Ray ends with the driver, and an epoch's history row is stored before its checkpoint, whose copy
+    # the end may cut short: the newest row can be an epoch that is trained again.
+    assert 2 <= int(re.search(r"starting at epoch (\d+)", resumed)[1]) <= done + 1
 
 
 def test_a_sweep_of_jax_trials_completes(worker_env, real_data, tmp_path):
